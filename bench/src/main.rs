@@ -1,0 +1,6 @@
+//! `xrelay-bench`.
+#![forbid(unsafe_code)]
+
+fn main() {
+    println!("xrelay-bench");
+}

@@ -1,0 +1,21 @@
+//! xrelay's datapath: everything on the hot path of the relay.
+//!
+//! * [`wire`]: the normative wire format (docs/wire.md) as zero-copy views
+//!   and `Repr` values: encapsulation headers, the relay header and every
+//!   frame kind.
+//! * [`marshal`]: the canonical, architecture-independent encoding of RPC
+//!   arguments and results, with derive and interface macros so nobody
+//!   marshals by hand.
+//! * [`example`]: a worked example interface (a key-value store) used by
+//!   tests, the demo and the documentation.
+#![deny(unsafe_code)]
+
+// The macros of xrelay-macros name this crate by its path; this lets them
+// work inside the crate too (for the example interface and the tests).
+extern crate self as xrelay_datapath;
+
+pub mod example;
+pub mod marshal;
+pub mod wire;
+
+pub use xrelay_macros::{interface, Decode, Encode, Exception};
