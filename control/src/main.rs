@@ -1,7 +1,41 @@
-//! The `xrelay` binary. Today it runs the wire demo; the daemon (`run`,
-//! `check`, `reload`, ...) arrives with the control plane.
+//! The `xrelay` binary.
+//!
+//! * `xrelay demo`: the example key-value interface called through the
+//!   real wire format (marshalled, fragmented into RPC frames, wrapped in
+//!   Ethernet + IPv4 + UDP, parsed back) inside one process.
+//! * `xrelay decode HEX`: prints a relay frame or an Ethernet frame
+//!   carrying one, field by field.
+//!
+//! The daemon (`run`, `check`, `reload`, ...) arrives with the control plane.
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("xrelay");
+mod decode;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// xrelay: RPC, signals and ROM modules between machines over AF_XDP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the example interface through the wire format in one process.
+    Demo(demo::Args),
+    /// Decode a frame given as hex (spaces allowed).
+    Decode(decode::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Decode(args) => decode::run(&args),
+    }
 }

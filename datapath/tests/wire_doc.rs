@@ -31,7 +31,7 @@ fn examples() -> Vec<Example> {
             let data = line.split('#').next().unwrap_or("");
             let digits: String = data.split_whitespace().collect();
             assert!(
-                digits.len() % 2 == 0,
+                digits.len().is_multiple_of(2),
                 "odd hex digits at docs/wire.md:{}",
                 index + 1
             );

@@ -3,6 +3,11 @@
 //! parser accepts re-emits to exactly the bytes it accepted (one encoding
 //! per value, so nothing a peer sends is silently reinterpreted).
 
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "generated numbers are cut to field widths on purpose"
+)]
+
 use proptest::prelude::*;
 use xrelay_datapath::wire::encap::{self, Encapsulation, Endpoint, ETHERTYPE_RELAY};
 use xrelay_datapath::wire::ethernet::EthernetAddress;
