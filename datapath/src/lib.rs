@@ -8,6 +8,8 @@
 //!   marshals by hand.
 //! * [`example`]: a worked example interface (a key-value store) used by
 //!   tests, the demo and the documentation.
+//! * [`time`]: the engines' notion of time (no clock inside an engine).
+//! * [`transport`]: links that move relay frames in batches (`mem` today).
 #![deny(unsafe_code)]
 
 // The macros of xrelay-macros name this crate by its path; this lets them
@@ -16,6 +18,8 @@ extern crate self as xrelay_datapath;
 
 pub mod example;
 pub mod marshal;
+pub mod time;
+pub mod transport;
 pub mod wire;
 
 pub use xrelay_macros::{interface, Decode, Encode, Exception};

@@ -1,0 +1,77 @@
+//! Transports move relay frames (docs/wire.md, header + body + trailer)
+//! between nodes, in batches, without blocking. The engines neither know
+//! nor care which one runs under them:
+//!
+//! * [`mem`]: an in-process network with virtual time and a seeded fault
+//!   injector (loss, duplication, reordering, corruption, delay) for
+//!   deterministic protocol tests;
+//! * `udp`: kernel UDP sockets with `sendmmsg`/`recvmmsg` batches; the
+//!   datagram payload is exactly the relay frame, so UDP and AF_XDP nodes
+//!   interoperate.
+//!
+//! # Driving a transport
+//!
+//! Per iteration a driver calls [`Transport::recv`] (frames go to the
+//! engines), then [`Transport::send`] until the engines have nothing more
+//! or the transport has no room, then [`Transport::flush`] once, which
+//! hands the whole batch to the link. Buffers belong to the transport: a
+//! frame is written in place into the buffer `send` offers, so a zero-copy
+//! transport can offer its own memory.
+
+use crate::time::Instant;
+use crate::wire::encap::Endpoint;
+
+pub mod mem;
+
+/// Why a transport operation failed. Each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A system call failed.
+    #[error("{call} failed: {source}")]
+    Syscall {
+        /// The call, e.g. `"sendmmsg"`.
+        call: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transport cannot be used as configured.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Writes one relay frame into the offered buffer and says where it goes
+/// and how long it is, or `None` to send nothing (see [`Transport::send`]).
+pub type Fill<'a> = dyn FnMut(&mut [u8]) -> Option<(Endpoint, usize)> + 'a;
+
+/// Receives one relay frame and its sender (see [`Transport::recv`]).
+pub type Deliver<'a> = dyn FnMut(Endpoint, &[u8]) + 'a;
+
+/// A link that carries relay frames.
+pub trait Transport {
+    /// The longest relay frame this transport carries, in bytes.
+    fn max_frame_len(&self) -> usize;
+
+    /// This node's address on the link.
+    fn local_endpoint(&self) -> Endpoint;
+
+    /// Hands up to `budget` received frames to `deliver` with their
+    /// sender's address, oldest first; returns how many. Never blocks.
+    /// The slice is only valid during the call.
+    fn recv(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        deliver: &mut Deliver<'_>,
+    ) -> Result<usize, TransportError>;
+
+    /// Offers a buffer of [`Transport::max_frame_len`] bytes to `fill`,
+    /// which writes one relay frame at its start and returns the
+    /// destination and the frame's length, or `None` to send nothing.
+    /// Returns `Ok(false)` without calling `fill` when the transport has no
+    /// room until the next [`Transport::flush`].
+    fn send(&mut self, fill: &mut Fill<'_>) -> Result<bool, TransportError>;
+
+    /// Hands every frame queued by [`Transport::send`] to the link.
+    fn flush(&mut self, now: Instant) -> Result<(), TransportError>;
+}
