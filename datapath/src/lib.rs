@@ -8,6 +8,7 @@
 //!   marshals by hand.
 //! * [`example`]: a worked example interface (a key-value store) used by
 //!   tests, the demo and the documentation.
+//! * [`engine`]: sans-IO protocol engines (peer liveness, signals so far).
 //! * [`time`]: the engines' notion of time (no clock inside an engine).
 //! * [`transport`]: links that move relay frames in batches (`mem` today).
 #![deny(unsafe_code)]
@@ -16,6 +17,7 @@
 // work inside the crate too (for the example interface and the tests).
 extern crate self as xrelay_datapath;
 
+pub mod engine;
 pub mod example;
 pub mod marshal;
 pub mod time;
