@@ -7,6 +7,8 @@
 //!
 //! * [`peer`]: liveness, restart detection and round-trip time per peer.
 //! * [`signal`]: counted signals with cumulative counts.
+//! * [`reassembly`]: fragmented messages put back together, with selective acks.
 
 pub mod peer;
+pub mod reassembly;
 pub mod signal;
