@@ -11,4 +11,5 @@
 
 pub mod peer;
 pub mod reassembly;
+pub mod rpc;
 pub mod signal;

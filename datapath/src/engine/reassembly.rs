@@ -40,6 +40,34 @@ impl Reassembly {
         }
     }
 
+    /// Tracks which fragments of a message the *peer* holds, without
+    /// storing data (the sender's view of the receiver's acks).
+    pub fn new_empty(first: &Fragment) -> Self {
+        let words = usize::from(first.count).div_ceil(64);
+        Reassembly {
+            data: Vec::new(),
+            count: first.count,
+            received: vec![0; words],
+            missing: first.count,
+        }
+    }
+
+    /// The number of fragments.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Records fragment `index` as held, without data.
+    pub fn mark(&mut self, index: u16) {
+        let (word, bit) = (usize::from(index) / 64, index % 64);
+        if let Some(w) = self.received.get_mut(word) {
+            if *w & (1 << bit) == 0 {
+                *w |= 1 << bit;
+                self.missing -= 1;
+            }
+        }
+    }
+
     /// The announced length in bytes.
     pub fn total_len(&self) -> usize {
         self.data.len()

@@ -61,6 +61,9 @@ pub enum CallError {
     /// The session was closed (by either side or by policy).
     #[error("session closed: {0}")]
     Closed(String),
+    /// The session has as many calls outstanding as it allows.
+    #[error("too many calls outstanding")]
+    Busy,
     /// The arguments or the reply exceed the message size limit.
     #[error("message of {0} bytes exceeds the limit")]
     TooLarge(usize),

@@ -1,0 +1,593 @@
+//! RPC, sans-IO: the client proxy's and the server proxy's state for one
+//! session (docs/wire.md, "RPC").
+//!
+//! * The client gives every call a fresh request id, sends its argument
+//!   fragments, and retransmits with exponential backoff until the reply is
+//!   complete, skipping fragments the server acknowledged. A call fails
+//!   with [`CallError::Timeout`] at its deadline, and every pending call
+//!   fails with the caller's error when the peer goes down.
+//! * The server reassembles calls, hands each request id to the
+//!   application **at most once**, caches the reply until the client
+//!   acknowledges it, answers a retransmitted call from that cache (or with
+//!   "received, working" while it executes), and remembers executed ids
+//!   long after their replies are gone, so a late duplicate never runs
+//!   again.
+//!
+//! # Driving
+//!
+//! Client: [`RpcClient::call`]; feed RPC_REPLY and RPC_ACK frames to
+//! [`RpcClient::handle_reply`] / [`RpcClient::handle_ack`]; per iteration
+//! send [`RpcClient::poll_transmit`] until `None`, collect
+//! [`RpcClient::poll_event`]; wake at [`RpcClient::poll_timeout`].
+//! Server: feed RPC_CALL and RPC_ACK to [`RpcServer::handle_call`] /
+//! [`RpcServer::handle_ack`]; run what [`RpcServer::poll_call`] returns and
+//! give the result to [`RpcServer::complete`]; send
+//! [`RpcServer::poll_transmit`] until `None`.
+
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::reassembly::{fragment_count, fragment_of, Reassembly};
+use crate::marshal::CallError;
+use crate::time::Instant;
+use crate::wire::rpc::{Acked, RpcAck, RpcCall, RpcReply, MAX_BITMAP_LEN, MAX_MESSAGE_LEN};
+use crate::wire::Message;
+
+/// Timing and limits of the RPC engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcConfig {
+    /// First retransmission after this long without a reply.
+    pub initial_rto: Duration,
+    /// Backoff stops doubling here.
+    pub max_rto: Duration,
+    /// A call without a complete reply fails after this long.
+    pub call_timeout: Duration,
+    /// Fragment payload size in bytes (the link's frame size minus headers).
+    pub max_fragment: usize,
+    /// Calls a client may have outstanding per session.
+    pub max_outstanding: usize,
+    /// Bytes of incomplete messages a server or client holds per session.
+    pub max_reassembly_bytes: usize,
+    /// Executed request ids a server remembers individually.
+    pub remembered_ids: usize,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            initial_rto: Duration::from_millis(5),
+            max_rto: Duration::from_millis(200),
+            call_timeout: Duration::from_secs(5),
+            max_fragment: 1400,
+            max_outstanding: 256,
+            max_reassembly_bytes: 64 * 1024 * 1024,
+            remembered_ids: 4096,
+        }
+    }
+}
+
+/// The end of one call, as the client application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// The request.
+    pub request_id: u64,
+    /// Exception code and result bytes, or why there are none.
+    pub result: Result<(i32, Vec<u8>), CallError>,
+}
+
+#[derive(Debug)]
+struct PendingCall {
+    interface: u32,
+    opcode: u16,
+    args: Vec<u8>,
+    /// Argument fragments the server holds (from its call ACKs).
+    server_has: Reassembly,
+    /// Fragments to send next.
+    queue: VecDeque<u16>,
+    deadline: Instant,
+    retransmit_at: Instant,
+    rto: Duration,
+    reply: Option<(i32, Reassembly)>,
+    /// A reply ACK is due (the reply is partial and the timer fired, or it completed).
+    ack_due: bool,
+}
+
+/// The client side of one RPC session.
+#[derive(Debug)]
+pub struct RpcClient {
+    config: RpcConfig,
+    next_request: u64,
+    calls: BTreeMap<u64, PendingCall>,
+    events: VecDeque<CallOutcome>,
+    bitmap: Vec<u8>,
+    reply_bytes: usize,
+}
+
+impl RpcClient {
+    /// A client with no calls.
+    pub fn new(config: RpcConfig) -> Self {
+        RpcClient {
+            config,
+            next_request: 1,
+            calls: BTreeMap::new(),
+            events: VecDeque::new(),
+            bitmap: Vec::new(),
+            reply_bytes: 0,
+        }
+    }
+
+    /// Calls outstanding.
+    pub fn outstanding(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Starts a call; returns its request id.
+    pub fn call(
+        &mut self,
+        now: Instant,
+        interface: u32,
+        opcode: u16,
+        args: Vec<u8>,
+    ) -> Result<u64, CallError> {
+        if args.len() > MAX_MESSAGE_LEN as usize {
+            return Err(CallError::TooLarge(args.len()));
+        }
+        if self.calls.len() >= self.config.max_outstanding {
+            return Err(CallError::Busy);
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let count = fragment_count(args.len(), self.config.max_fragment);
+        let (first, _) = fragment_of(args.len(), self.config.max_fragment, 0);
+        self.calls.insert(
+            request_id,
+            PendingCall {
+                interface,
+                opcode,
+                server_has: Reassembly::new_empty(&first),
+                args,
+                queue: (0..count).collect(),
+                deadline: now + self.config.call_timeout,
+                retransmit_at: now + self.config.initial_rto,
+                rto: self.config.initial_rto,
+                reply: None,
+                ack_due: false,
+            },
+        );
+        Ok(request_id)
+    }
+
+    /// Takes a reply fragment into account.
+    pub fn handle_reply(&mut self, reply: &RpcReply<'_>) {
+        let Some(call) = self.calls.get_mut(&reply.request_id) else {
+            return;
+        };
+        call.queue.clear();
+        if call.reply.is_none() {
+            let len = reply.fragment.total_len as usize;
+            if self.reply_bytes + len > self.config.max_reassembly_bytes {
+                return;
+            }
+            self.reply_bytes += len;
+            call.reply = Some((reply.exception, Reassembly::new(&reply.fragment)));
+        }
+        let Some((exception, reassembly)) = call.reply.as_mut() else {
+            return;
+        };
+        if *exception != reply.exception {
+            return;
+        }
+        if let Ok(true) = reassembly.insert(&reply.fragment, reply.data) {
+            call.ack_due = true;
+        }
+    }
+
+    /// Takes the server's acknowledgement of argument fragments into account.
+    pub fn handle_ack(&mut self, ack: &RpcAck<'_>) {
+        if ack.acked != Acked::Call {
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(&ack.request_id) {
+            let count = call.server_has.count();
+            for index in 0..count {
+                if ack.has(index) {
+                    call.server_has.mark(index);
+                }
+            }
+            call.queue.retain(|&i| !ack.has(i));
+        }
+    }
+
+    /// Fails every outstanding call with `error` (the peer went down or the
+    /// session closed).
+    pub fn fail_all(&mut self, error: &CallError) {
+        for (request_id, _) in std::mem::take(&mut self.calls) {
+            self.events.push_back(CallOutcome {
+                request_id,
+                result: Err(error.clone()),
+            });
+        }
+        self.reply_bytes = 0;
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (&request_id, call) in &mut self.calls {
+            if now >= call.deadline {
+                expired.push(request_id);
+                continue;
+            }
+            if now < call.retransmit_at {
+                continue;
+            }
+            call.rto = (call.rto * 2).min(self.config.max_rto);
+            call.retransmit_at = now + call.rto;
+            match &call.reply {
+                // Part of the reply is here: tell the server what is missing.
+                Some(_) => call.ack_due = true,
+                None => {
+                    call.queue.clear();
+                    if call.server_has.is_complete() {
+                        // "Received, working": probe with the first fragment.
+                        call.queue.push_back(0);
+                    } else {
+                        let count = call.server_has.count();
+                        call.queue
+                            .extend((0..count).filter(|&i| !call.server_has.has(i)));
+                    }
+                }
+            }
+        }
+        for request_id in expired {
+            if let Some(call) = self.calls.remove(&request_id) {
+                self.release(&call);
+                self.events.push_back(CallOutcome {
+                    request_id,
+                    result: Err(CallError::Timeout),
+                });
+            }
+        }
+    }
+
+    fn release(&mut self, call: &PendingCall) {
+        if let Some((_, reassembly)) = &call.reply {
+            self.reply_bytes -= reassembly.total_len();
+        }
+    }
+
+    /// The next frame body to send, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Message<'_>> {
+        self.fire_timers(now);
+        let max_fragment = self.config.max_fragment;
+        let (&request_id, call) = self
+            .calls
+            .iter_mut()
+            .find(|(_, call)| call.ack_due || !call.queue.is_empty())?;
+        if call.ack_due {
+            call.ack_due = false;
+            let (_, reassembly) = call.reply.as_ref()?;
+            let base = reassembly.ack(MAX_BITMAP_LEN, &mut self.bitmap);
+            return Some(Message::RpcAck(RpcAck {
+                request_id,
+                acked: Acked::Reply,
+                base,
+                bitmap: &self.bitmap,
+            }));
+        }
+        let index = call.queue.pop_front()?;
+        let (fragment, range) = fragment_of(call.args.len(), max_fragment, index);
+        Some(Message::RpcCall(RpcCall {
+            request_id,
+            interface: call.interface,
+            opcode: call.opcode,
+            fragment,
+            data: &call.args[range],
+        }))
+    }
+
+    /// The next finished call, if any. A call finishes when its reply is
+    /// complete (after the acknowledgement that frees the server's cache
+    /// has been handed to [`RpcClient::poll_transmit`]) or when it fails.
+    pub fn poll_event(&mut self) -> Option<CallOutcome> {
+        let done = self.calls.iter().find_map(|(&id, call)| {
+            let complete = call.reply.as_ref().is_some_and(|(_, r)| r.is_complete());
+            (complete && !call.ack_due).then_some(id)
+        });
+        if let Some(request_id) = done {
+            if let Some(call) = self.calls.remove(&request_id) {
+                self.release(&call);
+                if let Some((exception, reassembly)) = call.reply {
+                    self.events.push_back(CallOutcome {
+                        request_id,
+                        result: Ok((exception, reassembly.into_data())),
+                    });
+                }
+            }
+        }
+        self.events.pop_front()
+    }
+
+    /// When a retransmission or a deadline is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .map(|c| c.retransmit_at.min(c.deadline))
+            .min()
+    }
+}
+
+/// A call ready to execute, handed to the application once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyCall {
+    /// The request, to pass back to [`RpcServer::complete`].
+    pub request_id: u64,
+    /// Interface id.
+    pub interface: u32,
+    /// Opcode.
+    pub opcode: u16,
+    /// The marshalled arguments.
+    pub args: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum ServerCall {
+    /// Fragments arriving.
+    Assembling {
+        interface: u32,
+        opcode: u16,
+        reassembly: Reassembly,
+    },
+    /// Handed to the application, no reply yet.
+    Executing,
+    /// Reply cached until the client acknowledges it.
+    Replied {
+        exception: i32,
+        data: Vec<u8>,
+        client_has: Reassembly,
+        queue: VecDeque<u16>,
+        at: Instant,
+    },
+}
+
+/// The server side of one RPC session.
+#[derive(Debug)]
+pub struct RpcServer {
+    config: RpcConfig,
+    calls: BTreeMap<u64, ServerCall>,
+    ready: VecDeque<ReadyCall>,
+    /// Executed ids whose replies are gone, remembered individually.
+    executed: BTreeSet<u64>,
+    /// Every id below this counts as executed.
+    forgotten_below: u64,
+    acks_due: VecDeque<u64>,
+    assembling_bytes: usize,
+    bitmap: Vec<u8>,
+    /// Frames refused: inconsistent fragments or over the memory budget.
+    pub dropped: u64,
+}
+
+impl RpcServer {
+    /// A server with no calls.
+    pub fn new(config: RpcConfig) -> Self {
+        RpcServer {
+            config,
+            calls: BTreeMap::new(),
+            ready: VecDeque::new(),
+            executed: BTreeSet::new(),
+            forgotten_below: 0,
+            acks_due: VecDeque::new(),
+            assembling_bytes: 0,
+            bitmap: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    fn already_executed(&self, request_id: u64) -> bool {
+        request_id < self.forgotten_below || self.executed.contains(&request_id)
+    }
+
+    /// Takes a call fragment into account.
+    pub fn handle_call(&mut self, call: &RpcCall<'_>) {
+        let id = call.request_id;
+        if self.already_executed(id) {
+            return;
+        }
+        match self.calls.get_mut(&id) {
+            None => {
+                let len = call.fragment.total_len as usize;
+                if self.assembling_bytes + len > self.config.max_reassembly_bytes {
+                    self.dropped += 1;
+                    return;
+                }
+                self.assembling_bytes += len;
+                let reassembly = Reassembly::new(&call.fragment);
+                self.calls.insert(
+                    id,
+                    ServerCall::Assembling {
+                        interface: call.interface,
+                        opcode: call.opcode,
+                        reassembly,
+                    },
+                );
+            }
+            Some(ServerCall::Executing) => {
+                self.acks_due.push_back(id);
+                return;
+            }
+            Some(ServerCall::Replied {
+                client_has, queue, ..
+            }) => {
+                // The client missed (part of) the reply: send what it lacks.
+                if queue.is_empty() {
+                    queue.extend((0..client_has.count()).filter(|&i| !client_has.has(i)));
+                }
+                return;
+            }
+            Some(ServerCall::Assembling { .. }) => {}
+        }
+        let Some(ServerCall::Assembling {
+            interface,
+            opcode,
+            reassembly,
+        }) = self.calls.get_mut(&id)
+        else {
+            return;
+        };
+        match reassembly.insert(&call.fragment, call.data) {
+            Ok(true) => {
+                let (interface, opcode) = (*interface, *opcode);
+                let Some(ServerCall::Assembling { reassembly, .. }) =
+                    self.calls.insert(id, ServerCall::Executing)
+                else {
+                    return;
+                };
+                self.assembling_bytes -= reassembly.total_len();
+                self.ready.push_back(ReadyCall {
+                    request_id: id,
+                    interface,
+                    opcode,
+                    args: reassembly.into_data(),
+                });
+            }
+            Ok(false) => {
+                if !self.acks_due.contains(&id) {
+                    self.acks_due.push_back(id);
+                }
+            }
+            Err(_) => self.dropped += 1,
+        }
+    }
+
+    /// The next call to execute, exactly once per request id.
+    pub fn poll_call(&mut self) -> Option<ReadyCall> {
+        self.ready.pop_front()
+    }
+
+    /// The application's result for `request_id`: cached and sent until
+    /// the client acknowledges it.
+    pub fn complete(
+        &mut self,
+        now: Instant,
+        request_id: u64,
+        exception: i32,
+        data: Vec<u8>,
+    ) -> Result<(), CallError> {
+        if data.len() > MAX_MESSAGE_LEN as usize {
+            return Err(CallError::TooLarge(data.len()));
+        }
+        if !matches!(self.calls.get(&request_id), Some(ServerCall::Executing)) {
+            return Ok(());
+        }
+        let (first, _) = fragment_of(data.len(), self.config.max_fragment, 0);
+        let count = first.count;
+        self.calls.insert(
+            request_id,
+            ServerCall::Replied {
+                exception,
+                data,
+                client_has: Reassembly::new_empty(&first),
+                queue: (0..count).collect(),
+                at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops cached replies the client never acknowledged within twice the
+    /// call timeout (it gave up or its acknowledgement was lost); their ids
+    /// stay remembered as executed.
+    pub fn expire(&mut self, now: Instant) {
+        let limit = self.config.call_timeout * 2;
+        let stale: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| matches!(c, ServerCall::Replied { at, .. } if now.saturating_since(*at) > limit))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            self.calls.remove(&id);
+            self.remember(id);
+        }
+    }
+
+    /// Takes the client's acknowledgement of reply fragments into account;
+    /// a complete one frees the cached reply (the id stays remembered).
+    pub fn handle_ack(&mut self, ack: &RpcAck<'_>) {
+        if ack.acked != Acked::Reply {
+            return;
+        }
+        let Some(ServerCall::Replied {
+            client_has, queue, ..
+        }) = self.calls.get_mut(&ack.request_id)
+        else {
+            return;
+        };
+        for index in 0..client_has.count() {
+            if ack.has(index) {
+                client_has.mark(index);
+            }
+        }
+        if client_has.is_complete() {
+            self.calls.remove(&ack.request_id);
+            self.remember(ack.request_id);
+        } else {
+            queue.clear();
+            queue.extend((0..client_has.count()).filter(|&i| !client_has.has(i)));
+        }
+    }
+
+    fn remember(&mut self, request_id: u64) {
+        self.executed.insert(request_id);
+        while self.executed.len() > self.config.remembered_ids {
+            if let Some(oldest) = self.executed.pop_first() {
+                self.forgotten_below = self.forgotten_below.max(oldest + 1);
+            }
+        }
+    }
+
+    /// The next frame body to send, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Message<'_>> {
+        while let Some(id) = self.acks_due.pop_front() {
+            let base = match self.calls.get(&id) {
+                Some(ServerCall::Assembling { reassembly, .. }) => {
+                    reassembly.ack(MAX_BITMAP_LEN, &mut self.bitmap)
+                }
+                Some(ServerCall::Executing) => {
+                    self.bitmap.clear();
+                    u16::MAX
+                }
+                _ => continue,
+            };
+            return Some(Message::RpcAck(RpcAck {
+                request_id: id,
+                acked: Acked::Call,
+                base,
+                bitmap: &self.bitmap,
+            }));
+        }
+        let max_fragment = self.config.max_fragment;
+        let (&request_id, call) = self
+            .calls
+            .iter_mut()
+            .find(|(_, c)| matches!(c, ServerCall::Replied { queue, .. } if !queue.is_empty()))?;
+        let ServerCall::Replied {
+            exception,
+            data,
+            queue,
+            ..
+        } = call
+        else {
+            return None;
+        };
+        let index = queue.pop_front()?;
+        let (fragment, range) = fragment_of(data.len(), max_fragment, index);
+        Some(Message::RpcReply(RpcReply {
+            request_id,
+            exception: *exception,
+            fragment,
+            data: &data[range],
+        }))
+    }
+}
