@@ -8,7 +8,7 @@
 //!   marshals by hand.
 //! * [`example`]: a worked example interface (a key-value store) used by
 //!   tests, the demo and the documentation.
-//! * [`engine`]: sans-IO protocol engines (peer liveness, signals so far).
+//! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC).
 //! * [`time`]: the engines' notion of time (no clock inside an engine).
 //! * [`transport`]: links that move relay frames in batches (`mem` today).
 #![deny(unsafe_code)]

@@ -8,6 +8,7 @@
 //! * [`peer`]: liveness, restart detection and round-trip time per peer.
 //! * [`signal`]: counted signals with cumulative counts.
 //! * [`reassembly`]: fragmented messages put back together, with selective acks.
+//! * [`rpc`]: client and server proxies of one RPC session, at-most-once.
 
 pub mod peer;
 pub mod reassembly;
