@@ -10,7 +10,7 @@
 //!   tests, the demo and the documentation.
 //! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC).
 //! * [`time`]: the engines' notion of time (no clock inside an engine).
-//! * [`transport`]: links that move relay frames in batches (`mem` today).
+//! * [`transport`]: links that move relay frames in batches (`mem`, `udp`).
 #![deny(unsafe_code)]
 
 // The macros of xrelay-macros name this crate by its path; this lets them

@@ -5,7 +5,7 @@
 //! * [`mem`]: an in-process network with virtual time and a seeded fault
 //!   injector (loss, duplication, reordering, corruption, delay) for
 //!   deterministic protocol tests;
-//! * `udp`: kernel UDP sockets with `sendmmsg`/`recvmmsg` batches; the
+//! * [`udp`]: kernel UDP sockets with `sendmmsg`/`recvmmsg` batches; the
 //!   datagram payload is exactly the relay frame, so UDP and AF_XDP nodes
 //!   interoperate.
 //!
@@ -22,6 +22,7 @@ use crate::time::Instant;
 use crate::wire::encap::Endpoint;
 
 pub mod mem;
+pub mod udp;
 
 /// Why a transport operation failed. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]

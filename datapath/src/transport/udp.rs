@@ -1,0 +1,661 @@
+//! Relay frames over a kernel UDP socket (IPv4). This module owns the socket
+//! and every buffer the transport needs, all allocated once in
+//! [`UdpTransport::bind`]:
+//!
+//! * RX: `batch` buffers of `max_frame_len` bytes that one `recvmmsg` call
+//!   fills per [`Transport::recv`];
+//! * TX: a pool of `batch` slots of `max_frame_len` bytes, handed out by
+//!   [`Transport::send`] and sent oldest first by [`Transport::flush`] with
+//!   `sendmmsg`.
+//!
+//! A datagram's payload is exactly one relay frame (docs/wire.md, section
+//! 2.1), so these nodes speak to AF_XDP nodes. The kernel owns the outer
+//! headers, so the Ethernet address of every [`Endpoint`] here is all zeros.
+//!
+//! On receive, a datagram longer than `max_frame_len` (the kernel sets
+//! `MSG_TRUNC`) or one that is not exactly one well-formed relay frame is
+//! dropped and counted in [`UdpStats`], never delivered.
+//!
+//! The socket is non-blocking: an empty socket means no frames, and a full
+//! send buffer leaves the unsent frames queued for the next flush.
+
+use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrIn};
+
+use super::{Deliver, Fill, Transport, TransportError};
+use crate::time::Instant;
+use crate::wire::encap::Endpoint;
+use crate::wire::ethernet::EthernetAddress;
+use crate::wire::RelayPacket;
+
+/// The most datagrams one `recvmmsg` or `sendmmsg` call moves: Linux caps
+/// the vector length at `UIO_MAXIOV`. This bounds [`UdpConfig::batch`].
+pub const MAX_BATCH: usize = 1024;
+
+/// The largest UDP payload over IPv4 (65535 - 20 - 8 bytes). This bounds
+/// [`UdpConfig::max_frame_len`].
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// How a [`UdpTransport`] is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// Datagrams per `recvmmsg` call and TX slots per flush,
+    /// 1..=[`MAX_BATCH`].
+    pub batch: usize,
+    /// The longest relay frame carried, in bytes, 1..=[`MAX_UDP_PAYLOAD`]:
+    /// 1472 fits a 1500-byte IP MTU.
+    pub max_frame_len: usize,
+    /// Asks for `SO_BUSY_POLL`. Currently a no-op: nix exposes no safe
+    /// setter for it and this crate allows no `unsafe` outside AF_XDP.
+    pub busy_poll: bool,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            batch: 64,
+            max_frame_len: 1472,
+            busy_poll: false,
+        }
+    }
+}
+
+/// What a [`UdpTransport`] has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UdpStats {
+    /// Frames delivered to the caller.
+    pub received: u64,
+    /// Frames the kernel accepted for sending.
+    pub sent: u64,
+    /// Datagrams longer than `max_frame_len`, dropped.
+    pub dropped_truncated: u64,
+    /// Datagrams that are not exactly one well-formed relay frame, dropped.
+    pub dropped_malformed: u64,
+    /// Flushes cut short by a full socket send buffer; their unsent frames
+    /// stayed queued.
+    pub would_block: u64,
+}
+
+/// A [`Transport`] over one non-blocking IPv4 UDP socket.
+///
+/// Not `Send`: nix's preallocated `mmsghdr` arrays hold raw pointers, so
+/// create the transport on the thread that drives it.
+#[derive(Debug)]
+pub struct UdpTransport {
+    socket: UdpSocket,
+    local: Endpoint,
+    config: UdpConfig,
+    stats: UdpStats,
+    /// `batch` receive buffers of `max_frame_len` bytes, back to back.
+    rx_buffers: Vec<u8>,
+    rx_headers: MultiHeaders<SockaddrIn>,
+    /// `batch` send slots of `max_frame_len` bytes, back to back, used as
+    /// a ring: the queued frames are the `tx_queued` slots from `tx_head`.
+    tx_buffers: Vec<u8>,
+    tx_lens: Vec<usize>,
+    tx_dests: Vec<SockaddrIn>,
+    tx_head: usize,
+    tx_queued: usize,
+    /// The queued frames' destinations in queue order, rebuilt per
+    /// `sendmmsg` call (capacity `batch`, so never reallocated).
+    tx_addrs: Vec<Option<SockaddrIn>>,
+    tx_headers: MultiHeaders<SockaddrIn>,
+}
+
+fn syscall(call: &'static str, source: io::Error) -> TransportError {
+    TransportError::Syscall { call, source }
+}
+
+fn errno(call: &'static str, errno: Errno) -> TransportError {
+    syscall(call, io::Error::from(errno))
+}
+
+fn endpoint(addr: SockaddrIn) -> Endpoint {
+    Endpoint {
+        mac: EthernetAddress::default(),
+        ip: addr.ip(),
+        port: addr.port(),
+    }
+}
+
+/// Whether a datagram's payload is exactly one well-formed relay frame
+/// (docs/wire.md, section 2.1: nothing may follow the frame).
+fn is_one_relay_frame(payload: &[u8]) -> bool {
+    RelayPacket::new_checked(payload).is_ok_and(|frame| frame.frame_len() == payload.len())
+}
+
+impl UdpTransport {
+    /// Binds a non-blocking UDP socket to `addr` (port 0 picks a free
+    /// port) and allocates every buffer the transport will use.
+    pub fn bind(addr: SocketAddrV4, config: UdpConfig) -> Result<Self, TransportError> {
+        if !(1..=MAX_BATCH).contains(&config.batch) {
+            return Err(TransportError::Config(format!(
+                "UDP batch {} is not in 1..={MAX_BATCH}",
+                config.batch
+            )));
+        }
+        if !(1..=MAX_UDP_PAYLOAD).contains(&config.max_frame_len) {
+            return Err(TransportError::Config(format!(
+                "UDP max_frame_len {} is not in 1..={MAX_UDP_PAYLOAD}",
+                config.max_frame_len
+            )));
+        }
+        let socket = UdpSocket::bind(addr).map_err(|source| syscall("bind", source))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| syscall("ioctl(FIONBIO)", source))?;
+        let local = match socket
+            .local_addr()
+            .map_err(|source| syscall("getsockname", source))?
+        {
+            SocketAddr::V4(local) => local,
+            SocketAddr::V6(local) => {
+                return Err(TransportError::Config(format!(
+                    "{local} is not an IPv4 address"
+                )))
+            }
+        };
+        let frames = config.batch * config.max_frame_len;
+        Ok(UdpTransport {
+            socket,
+            local: endpoint(SockaddrIn::from(local)),
+            config,
+            stats: UdpStats::default(),
+            rx_buffers: vec![0; frames],
+            rx_headers: MultiHeaders::preallocate(config.batch, None),
+            tx_buffers: vec![0; frames],
+            tx_lens: vec![0; config.batch],
+            tx_dests: vec![SockaddrIn::new(0, 0, 0, 0, 0); config.batch],
+            tx_head: 0,
+            tx_queued: 0,
+            tx_addrs: Vec::with_capacity(config.batch),
+            tx_headers: MultiHeaders::preallocate(config.batch, None),
+        })
+    }
+
+    /// What this transport has done so far.
+    pub fn stats(&self) -> UdpStats {
+        self.stats
+    }
+
+    /// Frames queued by [`Transport::send`] that no flush has sent yet.
+    pub fn queued(&self) -> usize {
+        self.tx_queued
+    }
+
+    /// Forgets the `count` oldest queued frames, which frees their slots.
+    fn release(&mut self, count: usize) {
+        self.tx_head = (self.tx_head + count) % self.config.batch;
+        self.tx_queued -= count;
+    }
+}
+
+impl Transport for UdpTransport {
+    fn max_frame_len(&self) -> usize {
+        self.config.max_frame_len
+    }
+
+    fn local_endpoint(&self) -> Endpoint {
+        self.local
+    }
+
+    fn recv(
+        &mut self,
+        _now: Instant,
+        budget: usize,
+        deliver: &mut Deliver<'_>,
+    ) -> Result<usize, TransportError> {
+        let want = budget.min(self.config.batch);
+        if want == 0 {
+            return Ok(0);
+        }
+        // nix ties the I/O vectors' lifetime to the headers' borrow, so they
+        // cannot live in `self`; a fixed array on the stack keeps this call
+        // free of allocation.
+        let mut iovs: [Option<[IoSliceMut<'_>; 1]>; MAX_BATCH] = [const { None }; MAX_BATCH];
+        let buffers = self.rx_buffers.chunks_exact_mut(self.config.max_frame_len);
+        for (iov, buffer) in iovs.iter_mut().zip(buffers).take(want) {
+            *iov = Some([IoSliceMut::new(buffer)]);
+        }
+        let messages = match recvmmsg(
+            self.socket.as_raw_fd(),
+            &mut self.rx_headers,
+            iovs[..want].iter_mut().flatten(),
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(messages) => messages,
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
+            Err(other) => return Err(errno("recvmmsg", other)),
+        };
+        let mut delivered: usize = 0;
+        for message in messages {
+            if message.flags.contains(MsgFlags::MSG_TRUNC) {
+                self.stats.dropped_truncated += 1;
+                continue;
+            }
+            // The iterator ends early on an empty payload.
+            let payload = message.iovs().next().unwrap_or_default();
+            match message.address {
+                Some(sender) if is_one_relay_frame(payload) => {
+                    deliver(endpoint(sender), payload);
+                    delivered += 1;
+                }
+                _ => self.stats.dropped_malformed += 1,
+            }
+        }
+        self.stats.received += delivered as u64;
+        Ok(delivered)
+    }
+
+    fn send(&mut self, fill: &mut Fill<'_>) -> Result<bool, TransportError> {
+        let batch = self.config.batch;
+        if self.tx_queued == batch {
+            return Ok(false);
+        }
+        let slot = (self.tx_head + self.tx_queued) % batch;
+        let max = self.config.max_frame_len;
+        let buffer = &mut self.tx_buffers[slot * max..(slot + 1) * max];
+        let Some((dst, len)) = fill(buffer) else {
+            return Ok(true);
+        };
+        if len > max {
+            return Err(TransportError::Config(format!(
+                "frame of {len} bytes over the {max} byte limit"
+            )));
+        }
+        self.tx_lens[slot] = len;
+        self.tx_dests[slot] = SockaddrIn::from(SocketAddrV4::new(dst.ip, dst.port));
+        self.tx_queued += 1;
+        Ok(true)
+    }
+
+    /// Sends the queued frames oldest first, retrying the rest when the
+    /// kernel takes only part. A full socket buffer ends the flush with the
+    /// unsent frames still queued. Any other error drops the frame the
+    /// kernel refused (so one bad destination cannot wedge the queue),
+    /// keeps the rest queued and is returned.
+    fn flush(&mut self, _now: Instant) -> Result<(), TransportError> {
+        let batch = self.config.batch;
+        let max = self.config.max_frame_len;
+        while self.tx_queued > 0 {
+            let order = (0..self.tx_queued).map(|k| (self.tx_head + k) % batch);
+            self.tx_addrs.clear();
+            self.tx_addrs
+                .extend(order.clone().map(|slot| Some(self.tx_dests[slot])));
+            // As in `recv`: the I/O vectors live on the stack.
+            let mut iovs: [Option<[IoSlice<'_>; 1]>; MAX_BATCH] = [const { None }; MAX_BATCH];
+            for (iov, slot) in iovs.iter_mut().zip(order) {
+                let start = slot * max;
+                *iov = Some([IoSlice::new(
+                    &self.tx_buffers[start..start + self.tx_lens[slot]],
+                )]);
+            }
+            let no_cmsgs: [ControlMessage<'_>; 0] = [];
+            let result = sendmmsg(
+                self.socket.as_raw_fd(),
+                &mut self.tx_headers,
+                iovs[..self.tx_queued].iter().flatten(),
+                &self.tx_addrs[..],
+                no_cmsgs,
+                MsgFlags::empty(),
+            );
+            match result {
+                Ok(results) => {
+                    let sent = results.count();
+                    if sent == 0 {
+                        // The kernel reports a failure to send even one
+                        // frame as an error; never spin on a zero anyway.
+                        self.stats.would_block += 1;
+                        return Ok(());
+                    }
+                    self.stats.sent += sent as u64;
+                    self.release(sent);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN | Errno::ENOBUFS) => {
+                    self.stats.would_block += 1;
+                    return Ok(());
+                }
+                Err(other) => {
+                    self.release(1);
+                    return Err(errno("sendmmsg", other));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant as StdInstant};
+
+    use super::*;
+    use crate::wire::signal::Signal;
+    use crate::wire::{Flags, Frame, Message};
+
+    fn loopback(config: UdpConfig) -> UdpTransport {
+        UdpTransport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), config).unwrap()
+    }
+
+    fn small(batch: usize) -> UdpConfig {
+        UdpConfig {
+            batch,
+            ..UdpConfig::default()
+        }
+    }
+
+    /// Writes a SIGNAL frame carrying `n` into `buf`; returns its length.
+    fn numbered(n: u32, buf: &mut [u8]) -> usize {
+        let frame = Frame {
+            flags: Flags::NONE,
+            channel: 1,
+            sequence: u64::from(n),
+            message: Message::Signal(Signal {
+                context: 0,
+                count: u64::from(n),
+            }),
+        };
+        let len = frame.buffer_len();
+        frame.emit(&mut buf[..len]);
+        len
+    }
+
+    /// The number a frame carries, after checking that its bytes are
+    /// exactly what [`numbered`] wrote.
+    fn number_of(bytes: &[u8]) -> u32 {
+        let n = match Frame::parse(bytes).unwrap().0.message {
+            Message::Signal(signal) => u32::try_from(signal.count).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut expected = [0; 256];
+        let len = numbered(n, &mut expected);
+        assert_eq!(bytes, &expected[..len], "frame {n} damaged");
+        n
+    }
+
+    /// Calls `step` until it returns true; fails after 2 s, since loopback
+    /// delivery is fast but not promised to be instant.
+    fn poll_until(what: &str, mut step: impl FnMut() -> bool) {
+        let deadline = StdInstant::now() + Duration::from_secs(2);
+        while !step() {
+            assert!(StdInstant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Queues frame `n` to `dst`; panics if the pool is full.
+    fn queue(t: &mut UdpTransport, dst: Endpoint, n: u32) {
+        assert!(t.send(&mut |buf| Some((dst, numbered(n, buf)))).unwrap());
+    }
+
+    fn flush_all(t: &mut UdpTransport) {
+        poll_until("flush", || {
+            t.flush(Instant::ZERO).unwrap();
+            t.queued() == 0
+        });
+    }
+
+    #[test]
+    fn two_transports_exchange_numbered_frames_in_batches() {
+        const COUNT: u32 = 1000;
+        let mut a = loopback(UdpConfig::default());
+        let mut b = loopback(UdpConfig::default());
+        let (at_a, at_b) = (a.local_endpoint(), b.local_endpoint());
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        let mut next = 0;
+        while next < COUNT {
+            let end = (next + 64).min(COUNT);
+            for n in next..end {
+                queue(&mut a, at_b, n);
+                queue(&mut b, at_a, n);
+            }
+            flush_all(&mut a);
+            flush_all(&mut b);
+            let want = usize::try_from(end).unwrap();
+            poll_until("a batch", || {
+                a.recv(Instant::ZERO, usize::MAX, &mut |src, bytes| {
+                    assert_eq!(src, at_b);
+                    got_a.push(number_of(bytes));
+                })
+                .unwrap();
+                b.recv(Instant::ZERO, usize::MAX, &mut |src, bytes| {
+                    assert_eq!(src, at_a);
+                    got_b.push(number_of(bytes));
+                })
+                .unwrap();
+                got_a.len() >= want && got_b.len() >= want
+            });
+            next = end;
+        }
+        // Loopback keeps order in practice; exactly-once is what matters.
+        got_a.sort_unstable();
+        got_b.sort_unstable();
+        let all: Vec<u32> = (0..COUNT).collect();
+        assert_eq!(got_a, all);
+        assert_eq!(got_b, all);
+        for t in [&a, &b] {
+            let stats = t.stats();
+            assert_eq!((stats.sent, stats.received), (1000, 1000), "{stats:?}");
+            assert_eq!(stats.dropped_truncated + stats.dropped_malformed, 0);
+        }
+        assert_eq!(at_a.mac, EthernetAddress::default());
+    }
+
+    #[test]
+    fn budget_and_batch_limit_how_many_frames_recv_delivers() {
+        let mut a = loopback(UdpConfig::default());
+        let mut b = loopback(small(4));
+        for n in 0..10 {
+            queue(&mut a, b.local_endpoint(), n);
+        }
+        flush_all(&mut a);
+        let mut nothing = 0;
+        assert_eq!(
+            b.recv(Instant::ZERO, 0, &mut |_, _| nothing += 1).unwrap(),
+            0
+        );
+        assert_eq!(nothing, 0);
+        let mut got = Vec::new();
+        let mut calls = 0;
+        poll_until("10 frames, 3 at a time", || {
+            let before = got.len();
+            let n = b
+                .recv(Instant::ZERO, 3, &mut |_, bytes| got.push(number_of(bytes)))
+                .unwrap();
+            assert_eq!(n, got.len() - before);
+            assert!(n <= 3, "budget 3 gave {n}");
+            calls += usize::from(n > 0);
+            got.len() == 10
+        });
+        assert!(calls >= 4, "{calls} calls");
+        for n in 0..10 {
+            queue(&mut a, b.local_endpoint(), n);
+        }
+        flush_all(&mut a);
+        let mut total = 0;
+        poll_until("10 frames, at most a batch of 4 at a time", || {
+            let n = b.recv(Instant::ZERO, 100, &mut |_, _| {}).unwrap();
+            assert!(n <= 4, "batch 4 gave {n}");
+            total += n;
+            total == 10
+        });
+    }
+
+    #[test]
+    fn send_refuses_when_the_pool_is_full_and_works_again_after_flush() {
+        let mut a = loopback(small(4));
+        let mut b = loopback(UdpConfig::default());
+        let to_b = b.local_endpoint();
+        for n in 0..4 {
+            queue(&mut a, to_b, n);
+        }
+        let mut called = false;
+        let accepted = a
+            .send(&mut |_| {
+                called = true;
+                None
+            })
+            .unwrap();
+        assert!(!accepted && !called, "a full pool must not call fill");
+        assert_eq!(a.queued(), 4);
+        flush_all(&mut a);
+        assert_eq!(a.stats().sent, 4);
+        queue(&mut a, to_b, 4);
+        flush_all(&mut a);
+        let mut got = Vec::new();
+        poll_until("5 frames", || {
+            b.recv(Instant::ZERO, 64, &mut |_, bytes| {
+                got.push(number_of(bytes))
+            })
+            .unwrap();
+            got.len() == 5
+        });
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_fill_that_writes_nothing_leaves_the_slot_free() {
+        let mut a = loopback(small(2));
+        for _ in 0..5 {
+            assert!(a.send(&mut |_| None).unwrap());
+        }
+        assert_eq!(a.queued(), 0);
+        a.flush(Instant::ZERO).unwrap();
+        assert_eq!(a.stats().sent, 0);
+    }
+
+    #[test]
+    fn an_oversized_frame_length_is_an_error_and_queues_nothing() {
+        let mut a = loopback(small(2));
+        let to_self = a.local_endpoint();
+        assert!(a.send(&mut |_| Some((to_self, 1473))).is_err());
+        assert_eq!(a.queued(), 0);
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_dropped_and_counted() {
+        let mut b = loopback(UdpConfig::default());
+        let to_b = SocketAddrV4::new(b.local_endpoint().ip, b.local_endpoint().port);
+        let plain = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        plain.send_to(&[0x58; 2000], to_b).unwrap();
+        let mut frame = [0; 64];
+        let len = numbered(7, &mut frame);
+        plain.send_to(&frame[..len], to_b).unwrap();
+        let mut got = Vec::new();
+        poll_until("both datagrams", || {
+            b.recv(Instant::ZERO, 64, &mut |_, bytes| {
+                got.push(number_of(bytes))
+            })
+            .unwrap();
+            got.len() + usize::try_from(b.stats().dropped_truncated).unwrap() == 2
+        });
+        assert_eq!(got, [7]);
+        assert_eq!(b.stats().dropped_truncated, 1);
+        assert_eq!(b.stats().received, 1);
+    }
+
+    #[test]
+    fn a_datagram_that_is_not_exactly_one_frame_is_dropped_and_counted() {
+        let mut b = loopback(UdpConfig::default());
+        let to_b = SocketAddrV4::new(b.local_endpoint().ip, b.local_endpoint().port);
+        let plain = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut frame = [0; 64];
+        let len = numbered(7, &mut frame);
+        plain.send_to(&frame[..len + 1], to_b).unwrap();
+        plain.send_to(b"hello", to_b).unwrap();
+        plain.send_to(&[], to_b).unwrap();
+        let mut delivered = 0;
+        poll_until("three drops", || {
+            b.recv(Instant::ZERO, 64, &mut |_, _| delivered += 1)
+                .unwrap();
+            b.stats().dropped_malformed == 3
+        });
+        assert_eq!(delivered, 0);
+    }
+
+    #[test]
+    fn recv_on_an_empty_socket_returns_zero_immediately() {
+        let mut b = loopback(UdpConfig::default());
+        let start = StdInstant::now();
+        let mut delivered = 0;
+        let n = b
+            .recv(Instant::ZERO, 64, &mut |_, _| delivered += 1)
+            .unwrap();
+        assert_eq!((n, delivered), (0, 0));
+        assert!(start.elapsed() < Duration::from_millis(500), "recv blocked");
+    }
+
+    #[test]
+    fn a_refused_frame_is_dropped_and_the_rest_still_go() {
+        let mut a = loopback(UdpConfig::default());
+        let mut b = loopback(UdpConfig::default());
+        // Linux refuses UDP to port 0 with EINVAL.
+        let port_zero = Endpoint {
+            port: 0,
+            ..b.local_endpoint()
+        };
+        queue(&mut a, port_zero, 1);
+        queue(&mut a, b.local_endpoint(), 2);
+        match a.flush(Instant::ZERO) {
+            Err(TransportError::Syscall { call, .. }) => assert_eq!(call, "sendmmsg"),
+            other => panic!("expected a sendmmsg error, got {other:?}"),
+        }
+        assert_eq!(a.queued(), 1);
+        flush_all(&mut a);
+        let mut got = Vec::new();
+        poll_until("frame 2", || {
+            b.recv(Instant::ZERO, 64, &mut |_, bytes| {
+                got.push(number_of(bytes))
+            })
+            .unwrap();
+            !got.is_empty()
+        });
+        assert_eq!(got, [2]);
+    }
+
+    #[test]
+    fn local_endpoint_names_the_port_the_kernel_picked() {
+        let a = loopback(UdpConfig::default());
+        let local = a.local_endpoint();
+        assert_eq!(local.ip, Ipv4Addr::LOCALHOST);
+        assert_ne!(local.port, 0);
+        assert_eq!(a.max_frame_len(), 1472);
+    }
+
+    #[test]
+    fn a_bad_config_or_address_is_an_error() {
+        let any = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        for config in [
+            small(0),
+            small(MAX_BATCH + 1),
+            UdpConfig {
+                max_frame_len: 0,
+                ..UdpConfig::default()
+            },
+            UdpConfig {
+                max_frame_len: MAX_UDP_PAYLOAD + 1,
+                ..UdpConfig::default()
+            },
+        ] {
+            assert!(matches!(
+                UdpTransport::bind(any, config),
+                Err(TransportError::Config(_))
+            ));
+        }
+        let a = loopback(UdpConfig::default());
+        let taken = SocketAddrV4::new(Ipv4Addr::LOCALHOST, a.local_endpoint().port);
+        match UdpTransport::bind(taken, UdpConfig::default()) {
+            Err(TransportError::Syscall { call, .. }) => assert_eq!(call, "bind"),
+            other => panic!("expected a bind error, got {other:?}"),
+        }
+    }
+}
