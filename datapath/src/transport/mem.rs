@@ -341,31 +341,7 @@ impl Transport for MemTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::signal::Signal;
-    use crate::wire::{Flags, Frame, Message};
-
-    /// Writes a SIGNAL frame carrying `n` into `buf`; returns its length.
-    fn numbered(n: u32, buf: &mut [u8]) -> usize {
-        let frame = Frame {
-            flags: Flags::NONE,
-            channel: 1,
-            sequence: u64::from(n),
-            message: Message::Signal(Signal {
-                context: 0,
-                count: u64::from(n),
-            }),
-        };
-        let len = frame.buffer_len();
-        frame.emit(&mut buf[..len]);
-        len
-    }
-
-    fn number_of(bytes: &[u8]) -> u32 {
-        match Frame::parse(bytes).unwrap().0.message {
-            Message::Signal(signal) => u32::try_from(signal.count).unwrap(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    use crate::transport::test_frames::{number_of, numbered};
 
     /// Sends `count` numbered frames from host 1 to host 2 and returns the
     /// numbers host 2 receives, in arrival order.

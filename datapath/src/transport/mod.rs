@@ -76,3 +76,40 @@ pub trait Transport {
     /// Hands every frame queued by [`Transport::send`] to the link.
     fn flush(&mut self, now: Instant) -> Result<(), TransportError>;
 }
+
+#[cfg(test)]
+pub(crate) mod test_frames {
+    //! Numbered relay frames for the transports' tests.
+
+    use crate::wire::signal::Signal;
+    use crate::wire::{Flags, Frame, Message};
+
+    /// Writes a SIGNAL frame carrying `n` into `buf`; returns its length.
+    pub fn numbered(n: u32, buf: &mut [u8]) -> usize {
+        let frame = Frame {
+            flags: Flags::NONE,
+            channel: 1,
+            sequence: u64::from(n),
+            message: Message::Signal(Signal {
+                context: 0,
+                count: u64::from(n),
+            }),
+        };
+        let len = frame.buffer_len();
+        frame.emit(&mut buf[..len]);
+        len
+    }
+
+    /// The number a frame carries, after checking that its bytes are
+    /// exactly what [`numbered`] wrote.
+    pub fn number_of(bytes: &[u8]) -> u32 {
+        let n = match Frame::parse(bytes).unwrap().0.message {
+            Message::Signal(signal) => u32::try_from(signal.count).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut expected = [0; 256];
+        let len = numbered(n, &mut expected);
+        assert_eq!(bytes, &expected[..len], "frame {n} damaged");
+        n
+    }
+}

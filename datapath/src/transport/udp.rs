@@ -123,12 +123,6 @@ fn endpoint(addr: SockaddrIn) -> Endpoint {
     }
 }
 
-/// Whether a datagram's payload is exactly one well-formed relay frame
-/// (docs/wire.md, section 2.1: nothing may follow the frame).
-fn is_one_relay_frame(payload: &[u8]) -> bool {
-    RelayPacket::new_checked(payload).is_ok_and(|frame| frame.frame_len() == payload.len())
-}
-
 impl UdpTransport {
     /// Binds a non-blocking UDP socket to `addr` (port 0 picks a free
     /// port) and allocates every buffer the transport will use.
@@ -242,7 +236,7 @@ impl Transport for UdpTransport {
             // The iterator ends early on an empty payload.
             let payload = message.iovs().next().unwrap_or_default();
             match message.address {
-                Some(sender) if is_one_relay_frame(payload) => {
+                Some(sender) if RelayPacket::new_datagram(payload).is_ok() => {
                     deliver(endpoint(sender), payload);
                     delivered += 1;
                 }
@@ -338,8 +332,7 @@ mod tests {
     use std::time::{Duration, Instant as StdInstant};
 
     use super::*;
-    use crate::wire::signal::Signal;
-    use crate::wire::{Flags, Frame, Message};
+    use crate::transport::test_frames::{number_of, numbered};
 
     fn loopback(config: UdpConfig) -> UdpTransport {
         UdpTransport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), config).unwrap()
@@ -350,35 +343,6 @@ mod tests {
             batch,
             ..UdpConfig::default()
         }
-    }
-
-    /// Writes a SIGNAL frame carrying `n` into `buf`; returns its length.
-    fn numbered(n: u32, buf: &mut [u8]) -> usize {
-        let frame = Frame {
-            flags: Flags::NONE,
-            channel: 1,
-            sequence: u64::from(n),
-            message: Message::Signal(Signal {
-                context: 0,
-                count: u64::from(n),
-            }),
-        };
-        let len = frame.buffer_len();
-        frame.emit(&mut buf[..len]);
-        len
-    }
-
-    /// The number a frame carries, after checking that its bytes are
-    /// exactly what [`numbered`] wrote.
-    fn number_of(bytes: &[u8]) -> u32 {
-        let n = match Frame::parse(bytes).unwrap().0.message {
-            Message::Signal(signal) => u32::try_from(signal.count).unwrap(),
-            other => panic!("unexpected {other:?}"),
-        };
-        let mut expected = [0; 256];
-        let len = numbered(n, &mut expected);
-        assert_eq!(bytes, &expected[..len], "frame {n} damaged");
-        n
     }
 
     /// Calls `step` until it returns true; fails after 2 s, since loopback

@@ -242,6 +242,19 @@ impl<T: AsRef<[u8]>> RelayPacket<T> {
         Ok(packet)
     }
 
+    /// Wraps and checks the payload of a UDP datagram, which must be
+    /// exactly one frame (docs/wire.md, section 2.1): unlike raw Ethernet,
+    /// nothing may follow it.
+    pub fn new_datagram(buffer: T) -> Result<Self> {
+        let packet = Self::new_checked(buffer)?;
+        if packet.frame_len() != packet.buffer.as_ref().len() {
+            return Err(Error::Malformed(
+                "bytes after the relay frame in a UDP datagram",
+            ));
+        }
+        Ok(packet)
+    }
+
     fn check(&self) -> Result<()> {
         let bytes = self.buffer.as_ref();
         let (header, _) = RelayHeader::ref_from_prefix(bytes).map_err(|_| Error::Truncated)?;
