@@ -2,7 +2,10 @@
 //!
 //! Today: `xrelay-bench codec`, single-thread costs of the wire format and
 //! of marshalling (how many frames per second one core can build and parse,
-//! how many example calls it can marshal and dispatch). The network
+//! how many example calls it can marshal and dispatch), and
+//! `xrelay-bench engine`, the RPC engine's own cost per call with many
+//! calls outstanding (client and server engines joined directly, every
+//! frame emitted and parsed, no network). The network
 //! scenarios (signal throughput, RPC latency, ROM updates over AF_XDP and
 //! UDP side by side) come with the datapath.
 #![forbid(unsafe_code)]
@@ -12,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use xrelay_datapath::engine::rpc::{RpcClient, RpcConfig, RpcServer};
 use xrelay_datapath::example::{KvStoreClient, KvStoreServer, MemoryStore};
 use xrelay_datapath::marshal::Local;
 use xrelay_datapath::wire::encap::{self, Encapsulation, Endpoint, DEFAULT_UDP_PORT};
@@ -34,6 +38,15 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+    },
+    /// RPC engine cost: calls per second through client and server engines.
+    Engine {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Calls kept outstanding.
+        #[arg(long, default_value_t = 256)]
+        outstanding: usize,
     },
 }
 
@@ -108,8 +121,83 @@ fn codec(seconds: f64) {
     );
 }
 
+/// Emits `message` as a frame into `buf` and parses it back, as a link would.
+fn across<'b>(message: Message<'_>, buf: &'b mut Vec<u8>) -> Message<'b> {
+    let frame = Frame {
+        flags: Flags::NONE,
+        channel: 1,
+        sequence: 1,
+        message,
+    };
+    buf.resize(frame.buffer_len(), 0);
+    frame.emit(buf);
+    match Frame::parse(buf) {
+        Ok((frame, _)) => frame.message,
+        Err(e) => panic!("a frame the engine built does not parse: {e}"),
+    }
+}
+
+fn engine(seconds: f64, outstanding: usize) {
+    let config = RpcConfig {
+        max_outstanding: outstanding.max(1),
+        ..RpcConfig::default()
+    };
+    let mut client = RpcClient::new(config);
+    let mut server = RpcServer::new(config);
+    let args = vec![0x5a; 64];
+    let mut buf = Vec::new();
+    let mut now = xrelay_datapath::time::Instant::ZERO;
+    let mut completed = 0u64;
+    let start = Instant::now();
+    let duration = Duration::from_secs_f64(seconds.max(0.01));
+    while start.elapsed() < duration {
+        while client.outstanding() < config.max_outstanding {
+            if client.call(now, 1, 0, args.clone()).is_err() {
+                break;
+            }
+        }
+        while let Some(message) = client.poll_transmit(now) {
+            match across(message, &mut buf) {
+                Message::RpcCall(call) => server.handle_call(&call),
+                Message::RpcAck(ack) => server.handle_ack(&ack),
+                _ => {}
+            }
+        }
+        while let Some(ready) = server.poll_call() {
+            let _ = server.complete(now, ready.request_id, 0, ready.args);
+        }
+        while let Some(message) = server.poll_transmit() {
+            match across(message, &mut buf) {
+                Message::RpcReply(reply) => client.handle_reply(&reply),
+                Message::RpcAck(ack) => client.handle_ack(&ack),
+                _ => {}
+            }
+        }
+        while let Some(message) = client.poll_transmit(now) {
+            if let Message::RpcAck(ack) = across(message, &mut buf) {
+                server.handle_ack(&ack);
+            }
+        }
+        while let Some(outcome) = client.poll_event() {
+            completed += u64::from(outcome.result.is_ok());
+        }
+        now += Duration::from_micros(10);
+    }
+    let rate = completed as f64 / start.elapsed().as_secs_f64();
+    println!("{:<52} {:>14}", "operation (one core)", "per second");
+    println!(
+        "{:<52} {:>14.0}",
+        format!("RPC engine calls, {outstanding} outstanding, 64-byte args"),
+        rate
+    );
+}
+
 fn main() {
     match Cli::parse().command {
         Command::Codec { seconds } => codec(seconds),
+        Command::Engine {
+            seconds,
+            outstanding,
+        } => engine(seconds, outstanding),
     }
 }
