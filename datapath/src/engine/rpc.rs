@@ -90,18 +90,49 @@ struct PendingCall {
     reply: Option<(i32, Reassembly)>,
     /// A reply ACK is due (the reply is partial and the timer fired, or it completed).
     ack_due: bool,
+    /// The call's id is in the client's send queue.
+    scheduled: bool,
 }
 
-/// The client side of one RPC session.
+impl PendingCall {
+    fn has_output(&self) -> bool {
+        self.ack_due || !self.queue.is_empty()
+    }
+
+    fn reply_complete(&self) -> bool {
+        self.reply.as_ref().is_some_and(|(_, r)| r.is_complete())
+    }
+}
+
+/// Puts `id` into the send queue unless it is there already.
+fn schedule(sendable: &mut VecDeque<u64>, call: &mut PendingCall, id: u64) {
+    if !call.scheduled && call.has_output() {
+        call.scheduled = true;
+        sendable.push_back(id);
+    }
+}
+
+/// The client side of one RPC session. The work per frame and per event
+/// does not grow with the number of outstanding calls: calls with
+/// something to send wait in a queue, finished calls in another, and the
+/// timers are scanned only when the earliest of them is due.
 #[derive(Debug)]
 pub struct RpcClient {
     config: RpcConfig,
     next_request: u64,
     calls: BTreeMap<u64, PendingCall>,
+    /// Calls with fragments or an ACK to send, served round robin.
+    sendable: VecDeque<u64>,
+    /// Calls whose complete reply has been acknowledged to the server.
+    finished: VecDeque<u64>,
+    /// No timer of any call is due before this.
+    next_timer: Instant,
     events: VecDeque<CallOutcome>,
     bitmap: Vec<u8>,
     reply_bytes: usize,
 }
+
+const NEVER: Instant = Instant::from_nanos(u64::MAX);
 
 impl RpcClient {
     /// A client with no calls.
@@ -110,6 +141,9 @@ impl RpcClient {
             config,
             next_request: 1,
             calls: BTreeMap::new(),
+            sendable: VecDeque::new(),
+            finished: VecDeque::new(),
+            next_timer: NEVER,
             events: VecDeque::new(),
             bitmap: Vec::new(),
             reply_bytes: 0,
@@ -139,6 +173,8 @@ impl RpcClient {
         self.next_request += 1;
         let count = fragment_count(args.len(), self.config.max_fragment);
         let (first, _) = fragment_of(args.len(), self.config.max_fragment, 0);
+        let retransmit_at = now + self.config.initial_rto;
+        self.next_timer = self.next_timer.min(retransmit_at);
         self.calls.insert(
             request_id,
             PendingCall {
@@ -148,12 +184,14 @@ impl RpcClient {
                 args,
                 queue: (0..count).collect(),
                 deadline: now + self.config.call_timeout,
-                retransmit_at: now + self.config.initial_rto,
+                retransmit_at,
                 rto: self.config.initial_rto,
                 reply: None,
                 ack_due: false,
+                scheduled: true,
             },
         );
+        self.sendable.push_back(request_id);
         Ok(request_id)
     }
 
@@ -174,11 +212,12 @@ impl RpcClient {
         let Some((exception, reassembly)) = call.reply.as_mut() else {
             return;
         };
-        if *exception != reply.exception {
+        if *exception != reply.exception || reassembly.is_complete() {
             return;
         }
         if let Ok(true) = reassembly.insert(&reply.fragment, reply.data) {
             call.ack_due = true;
+            schedule(&mut self.sendable, call, reply.request_id);
         }
     }
 
@@ -188,8 +227,7 @@ impl RpcClient {
             return;
         }
         if let Some(call) = self.calls.get_mut(&ack.request_id) {
-            let count = call.server_has.count();
-            for index in 0..count {
+            for index in 0..call.server_has.count() {
                 if ack.has(index) {
                     call.server_has.mark(index);
                 }
@@ -207,37 +245,46 @@ impl RpcClient {
                 result: Err(error.clone()),
             });
         }
+        self.sendable.clear();
+        self.finished.clear();
+        self.next_timer = NEVER;
         self.reply_bytes = 0;
     }
 
+    /// Retransmissions and deadlines; scans the calls only when the
+    /// earliest timer is due.
     fn fire_timers(&mut self, now: Instant) {
+        if now < self.next_timer {
+            return;
+        }
+        let mut next_timer = NEVER;
         let mut expired = Vec::new();
         for (&request_id, call) in &mut self.calls {
             if now >= call.deadline {
                 expired.push(request_id);
                 continue;
             }
-            if now < call.retransmit_at {
-                continue;
-            }
-            call.rto = (call.rto * 2).min(self.config.max_rto);
-            call.retransmit_at = now + call.rto;
-            match &call.reply {
-                // Part of the reply is here: tell the server what is missing.
-                Some(_) => call.ack_due = true,
-                None => {
+            if now >= call.retransmit_at {
+                call.rto = (call.rto * 2).min(self.config.max_rto);
+                call.retransmit_at = now + call.rto;
+                if call.reply.is_some() {
+                    // Part of the reply is here: tell the server what is missing.
+                    call.ack_due = true;
+                } else if call.server_has.is_complete() {
+                    // "Received, working": probe with the first fragment.
                     call.queue.clear();
-                    if call.server_has.is_complete() {
-                        // "Received, working": probe with the first fragment.
-                        call.queue.push_back(0);
-                    } else {
-                        let count = call.server_has.count();
-                        call.queue
-                            .extend((0..count).filter(|&i| !call.server_has.has(i)));
-                    }
+                    call.queue.push_back(0);
+                } else {
+                    let count = call.server_has.count();
+                    call.queue.clear();
+                    call.queue
+                        .extend((0..count).filter(|&i| !call.server_has.has(i)));
                 }
+                schedule(&mut self.sendable, call, request_id);
             }
+            next_timer = next_timer.min(call.retransmit_at).min(call.deadline);
         }
+        self.next_timer = next_timer;
         for request_id in expired {
             if let Some(call) = self.calls.remove(&request_id) {
                 self.release(&call);
@@ -260,60 +307,81 @@ impl RpcClient {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Message<'_>> {
         self.fire_timers(now);
         let max_fragment = self.config.max_fragment;
-        let (&request_id, call) = self
-            .calls
-            .iter_mut()
-            .find(|(_, call)| call.ack_due || !call.queue.is_empty())?;
-        if call.ack_due {
-            call.ack_due = false;
-            let (_, reassembly) = call.reply.as_ref()?;
-            let base = reassembly.ack(MAX_BITMAP_LEN, &mut self.bitmap);
-            return Some(Message::RpcAck(RpcAck {
-                request_id,
-                acked: Acked::Reply,
-                base,
-                bitmap: &self.bitmap,
-            }));
+        let RpcClient {
+            calls,
+            sendable,
+            finished,
+            bitmap,
+            ..
+        } = self;
+        // Find the next call with output (stale entries are skipped), then
+        // build its frame from a fresh borrow.
+        let (request_id, fragment) = loop {
+            let request_id = sendable.pop_front()?;
+            let Some(call) = calls.get_mut(&request_id) else {
+                continue;
+            };
+            call.scheduled = false;
+            if call.ack_due {
+                call.ack_due = false;
+                if call.reply_complete() {
+                    finished.push_back(request_id);
+                }
+                schedule(sendable, call, request_id);
+                break (request_id, None);
+            }
+            if let Some(index) = call.queue.pop_front() {
+                schedule(sendable, call, request_id);
+                break (request_id, Some(index));
+            }
+        };
+        let call = calls.get(&request_id)?;
+        match fragment {
+            None => {
+                let (_, reassembly) = call.reply.as_ref()?;
+                let base = reassembly.ack(MAX_BITMAP_LEN, bitmap);
+                Some(Message::RpcAck(RpcAck {
+                    request_id,
+                    acked: Acked::Reply,
+                    base,
+                    bitmap,
+                }))
+            }
+            Some(index) => {
+                let (fragment, range) = fragment_of(call.args.len(), max_fragment, index);
+                Some(Message::RpcCall(RpcCall {
+                    request_id,
+                    interface: call.interface,
+                    opcode: call.opcode,
+                    fragment,
+                    data: &call.args[range],
+                }))
+            }
         }
-        let index = call.queue.pop_front()?;
-        let (fragment, range) = fragment_of(call.args.len(), max_fragment, index);
-        Some(Message::RpcCall(RpcCall {
-            request_id,
-            interface: call.interface,
-            opcode: call.opcode,
-            fragment,
-            data: &call.args[range],
-        }))
     }
 
     /// The next finished call, if any. A call finishes when its reply is
     /// complete (after the acknowledgement that frees the server's cache
     /// has been handed to [`RpcClient::poll_transmit`]) or when it fails.
     pub fn poll_event(&mut self) -> Option<CallOutcome> {
-        let done = self.calls.iter().find_map(|(&id, call)| {
-            let complete = call.reply.as_ref().is_some_and(|(_, r)| r.is_complete());
-            (complete && !call.ack_due).then_some(id)
-        });
-        if let Some(request_id) = done {
-            if let Some(call) = self.calls.remove(&request_id) {
-                self.release(&call);
-                if let Some((exception, reassembly)) = call.reply {
-                    self.events.push_back(CallOutcome {
-                        request_id,
-                        result: Ok((exception, reassembly.into_data())),
-                    });
-                }
+        while let Some(request_id) = self.finished.pop_front() {
+            let Some(call) = self.calls.remove(&request_id) else {
+                continue;
+            };
+            self.release(&call);
+            if let Some((exception, reassembly)) = call.reply {
+                self.events.push_back(CallOutcome {
+                    request_id,
+                    result: Ok((exception, reassembly.into_data())),
+                });
             }
         }
         self.events.pop_front()
     }
 
-    /// When a retransmission or a deadline is next due.
+    /// When a retransmission or a deadline may next be due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .map(|c| c.retransmit_at.min(c.deadline))
-            .min()
+        (!self.calls.is_empty()).then_some(self.next_timer)
     }
 }
 
@@ -350,7 +418,19 @@ enum ServerCall {
     },
 }
 
-/// The server side of one RPC session.
+/// Queues every reply fragment the client does not hold for sending;
+/// returns whether the queue went from empty to non-empty.
+fn resend_missing(queue: &mut VecDeque<u16>, client_has: &Reassembly) -> bool {
+    let was_empty = queue.is_empty();
+    queue.clear();
+    queue.extend((0..client_has.count()).filter(|&i| !client_has.has(i)));
+    was_empty && !queue.is_empty()
+}
+
+/// The server side of one RPC session. As on the client, the work per
+/// frame does not grow with the number of calls: replies with fragments to
+/// send wait in a queue, and the scan for stale replies runs at most once
+/// per call timeout.
 #[derive(Debug)]
 pub struct RpcServer {
     config: RpcConfig,
@@ -360,7 +440,12 @@ pub struct RpcServer {
     executed: BTreeSet<u64>,
     /// Every id below this counts as executed.
     forgotten_below: u64,
-    acks_due: VecDeque<u64>,
+    /// Calls owed a call ACK.
+    acks_due: BTreeSet<u64>,
+    /// Replies with fragments queued, served round robin.
+    replies_due: VecDeque<u64>,
+    /// The next [`RpcServer::expire`] scan.
+    next_expiry: Instant,
     assembling_bytes: usize,
     bitmap: Vec<u8>,
     /// Frames refused: inconsistent fragments or over the memory budget.
@@ -376,7 +461,9 @@ impl RpcServer {
             ready: VecDeque::new(),
             executed: BTreeSet::new(),
             forgotten_below: 0,
-            acks_due: VecDeque::new(),
+            acks_due: BTreeSet::new(),
+            replies_due: VecDeque::new(),
+            next_expiry: Instant::ZERO,
             assembling_bytes: 0,
             bitmap: Vec::new(),
             dropped: 0,
@@ -412,15 +499,15 @@ impl RpcServer {
                 );
             }
             Some(ServerCall::Executing) => {
-                self.acks_due.push_back(id);
+                self.acks_due.insert(id);
                 return;
             }
             Some(ServerCall::Replied {
                 client_has, queue, ..
             }) => {
                 // The client missed (part of) the reply: send what it lacks.
-                if queue.is_empty() {
-                    queue.extend((0..client_has.count()).filter(|&i| !client_has.has(i)));
+                if queue.is_empty() && resend_missing(queue, client_has) {
+                    self.replies_due.push_back(id);
                 }
                 return;
             }
@@ -451,9 +538,7 @@ impl RpcServer {
                 });
             }
             Ok(false) => {
-                if !self.acks_due.contains(&id) {
-                    self.acks_due.push_back(id);
-                }
+                self.acks_due.insert(id);
             }
             Err(_) => self.dropped += 1,
         }
@@ -491,13 +576,19 @@ impl RpcServer {
                 at: now,
             },
         );
+        self.replies_due.push_back(request_id);
         Ok(())
     }
 
     /// Drops cached replies the client never acknowledged within twice the
     /// call timeout (it gave up or its acknowledgement was lost); their ids
-    /// stay remembered as executed.
+    /// stay remembered as executed. Cheap to call every iteration: it scans
+    /// at most once per call timeout, so a reply goes within three.
     pub fn expire(&mut self, now: Instant) {
+        if now < self.next_expiry {
+            return;
+        }
+        self.next_expiry = now + self.config.call_timeout;
         let limit = self.config.call_timeout * 2;
         let stale: Vec<u64> = self
             .calls
@@ -531,9 +622,8 @@ impl RpcServer {
         if client_has.is_complete() {
             self.calls.remove(&ack.request_id);
             self.remember(ack.request_id);
-        } else {
-            queue.clear();
-            queue.extend((0..client_has.count()).filter(|&i| !client_has.has(i)));
+        } else if resend_missing(queue, client_has) {
+            self.replies_due.push_back(ack.request_id);
         }
     }
 
@@ -549,7 +639,7 @@ impl RpcServer {
     /// The next frame body to send, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Message<'_>> {
-        while let Some(id) = self.acks_due.pop_front() {
+        while let Some(id) = self.acks_due.pop_first() {
             let base = match self.calls.get(&id) {
                 Some(ServerCall::Assembling { reassembly, .. }) => {
                     reassembly.ack(MAX_BITMAP_LEN, &mut self.bitmap)
@@ -568,20 +658,25 @@ impl RpcServer {
             }));
         }
         let max_fragment = self.config.max_fragment;
-        let (&request_id, call) = self
-            .calls
-            .iter_mut()
-            .find(|(_, c)| matches!(c, ServerCall::Replied { queue, .. } if !queue.is_empty()))?;
-        let ServerCall::Replied {
-            exception,
-            data,
-            queue,
-            ..
-        } = call
+        // Find the next reply with a fragment queued (stale entries are
+        // skipped), then build the frame from a fresh borrow.
+        let (request_id, index) = loop {
+            let request_id = self.replies_due.pop_front()?;
+            if let Some(ServerCall::Replied { queue, .. }) = self.calls.get_mut(&request_id) {
+                if let Some(index) = queue.pop_front() {
+                    if !queue.is_empty() {
+                        self.replies_due.push_back(request_id);
+                    }
+                    break (request_id, index);
+                }
+            }
+        };
+        let Some(ServerCall::Replied {
+            exception, data, ..
+        }) = self.calls.get(&request_id)
         else {
             return None;
         };
-        let index = queue.pop_front()?;
         let (fragment, range) = fragment_of(data.len(), max_fragment, index);
         Some(Message::RpcReply(RpcReply {
             request_id,
