@@ -158,7 +158,7 @@ fn engine(seconds: f64, outstanding: usize) {
         }
         while let Some(message) = client.poll_transmit(now) {
             match across(message, &mut buf) {
-                Message::RpcCall(call) => server.handle_call(&call),
+                Message::RpcCall(call) => server.handle_call(now, &call),
                 Message::RpcAck(ack) => server.handle_ack(&ack),
                 _ => {}
             }

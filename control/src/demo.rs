@@ -1,188 +1,363 @@
-//! `xrelay demo`: the key-value example interface, called through the
-//! complete wire path in one process. Every call is marshalled by the
-//! generated client stub, split into RPC_CALL fragments, wrapped in
-//! Ethernet + IPv4 + UDP with checksums, parsed back as a receiver would,
-//! reassembled and dispatched; the reply travels back the same way.
-//! No network and no loss: the networked engines come with the protocol
-//! engines, and this command grows into the two-node demo then.
+//! `xrelay demo`: two relay nodes in one process, each on its own
+//! datapath thread, talking over a real transport (`mem`: the in-process
+//! network, optionally lossy; `udp`: kernel UDP sockets on loopback).
+//!
+//! Node `b` exports the example key-value interface (`kv`), a signal
+//! receiver (`events`) and a ROM module (`config`); node `a` uses all three
+//! through the application API, exactly as a program would:
+//!
+//! * RPC: puts, gets (values up to 20 KiB, so many calls are fragmented),
+//!   deletes, gets of deleted keys (the typed `NotFound` exception) and a
+//!   stats call, each checked against what was put;
+//! * signals: bursts of submissions; the delivered count must equal the
+//!   submitted count;
+//! * ROM: several versions published back to back (empty, small, large,
+//!   the largest over 4 MiB); the subscriber must end at the newest version
+//!   with its hash, and every version it saw must be complete and exactly
+//!   what was published under that number.
+//!
+//! The exit status is 0 only when every check passed; `--json` prints one
+//! JSON object with the figures (shape fixed by issue 3, kept exactly).
 
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use xrelay_datapath::engine::rom::RomVersion;
 use xrelay_datapath::example::{KvError, KvStoreClient, KvStoreServer, MemoryStore, StoreStats};
-use xrelay_datapath::marshal::{CallError, Caller, Dispatch, RpcError};
-use xrelay_datapath::wire::encap::{self, Encapsulation, Endpoint, DEFAULT_UDP_PORT};
-use xrelay_datapath::wire::ethernet::EthernetAddress;
-use xrelay_datapath::wire::rpc::{CallFixed, Fragment, RpcCall, RpcReply};
-use xrelay_datapath::wire::{Fixed, Flags, Frame, Message, HEADER_LEN};
+use xrelay_datapath::marshal::RpcError;
+use xrelay_datapath::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use xrelay_datapath::time::MonotonicClock;
+use xrelay_datapath::transport::mem::{host_endpoint, Faults, MemNetwork};
+use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
+use xrelay_datapath::wire::rom::RomState;
+
+/// The transports the demo runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// The in-process network (frames are real Ethernet+IPv4+UDP bytes).
+    Mem,
+    /// Kernel UDP sockets on 127.0.0.1.
+    Udp,
+}
+
+impl TransportKind {
+    fn name(self) -> &'static str {
+        match self {
+            TransportKind::Mem => "mem",
+            TransportKind::Udp => "udp",
+        }
+    }
+}
 
 /// Options of `xrelay demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Number of keys to put, read back and delete.
-    #[arg(long, default_value_t = 1000)]
-    calls: u32,
-    /// IP MTU of the simulated link; messages larger than one frame are fragmented.
-    #[arg(long, default_value_t = 1500)]
-    mtu: usize,
+    /// Which transport carries the frames.
+    #[arg(long, value_enum, default_value_t = TransportKind::Mem)]
+    transport: TransportKind,
+    /// Frame loss probability of the `mem` network (with it come 5 %
+    /// duplicates and 10 % reordering).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Seed of the `mem` network's fault injector.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keys to put (each is put, read back, half are deleted and all read
+    /// again: 2.5 calls per key, plus one stats call).
+    #[arg(long, default_value_t = 400)]
+    keys: u32,
+    /// Print exactly one JSON object instead of the readable summary.
+    #[arg(long)]
+    json: bool,
 }
 
-/// Counters of what crossed the simulated wire.
+/// What the demo measured; every field is checked.
 #[derive(Debug, Default)]
-struct WireStats {
+struct Report {
     calls: u64,
-    frames: u64,
-    bytes: u64,
-    fragmented_messages: u64,
+    replies_ok: u64,
+    exceptions: u64,
+    fragmented_values: u64,
+    submitted: u64,
+    delivered: u64,
+    wakeups: u64,
+    versions_published: u64,
+    versions_seen: u64,
+    final_version_match: bool,
+    largest_bytes: u64,
+    failures: Vec<String>,
+    seconds: f64,
 }
 
-/// A [`Caller`] whose calls cross the wire format twice (call and reply).
-struct WireLoopback<D> {
-    server: D,
-    encap: Encapsulation,
-    client: Endpoint,
-    server_end: Endpoint,
-    max_fragment: usize,
-    next_request: u64,
-    sequence: u64,
-    frame_buf: Vec<u8>,
-    stats: WireStats,
-}
-
-impl<D: Dispatch> WireLoopback<D> {
-    fn new(server: D, mtu: usize) -> Result<Self, String> {
-        let encap = Encapsulation::default();
-        // IP MTU minus IPv4 + UDP headers, relay header and the call's fixed part.
-        let overhead = encap.header_len() - 14 + HEADER_LEN + CallFixed::LEN;
-        if mtu <= overhead || mtu > 9000 {
-            return Err(format!("--mtu must be between {} and 9000", overhead + 1));
-        }
-        let endpoint = |host: u8| Endpoint {
-            mac: EthernetAddress([2, 0, 0, 0, 0, host]),
-            ip: Ipv4Addr::new(198, 18, 0, host),
-            port: DEFAULT_UDP_PORT,
-        };
-        Ok(WireLoopback {
-            server,
-            encap,
-            client: endpoint(1),
-            server_end: endpoint(2),
-            max_fragment: mtu - overhead,
-            next_request: 1,
-            sequence: 1,
-            frame_buf: Vec::new(),
-            stats: WireStats::default(),
-        })
+/// Runs the demo; exit status 0 only when every check passed.
+pub fn run(args: &Args) -> ExitCode {
+    if !(0.0..0.9).contains(&args.loss) {
+        eprintln!("xrelay demo: --loss must be at least 0 and below 0.9");
+        return ExitCode::from(2);
     }
-
-    /// Sends `message` as fragments built by `build`, parses each frame on
-    /// the receiving side and reassembles the message there.
-    fn transfer(
-        &mut self,
-        message: &[u8],
-        to_server: bool,
-        build: impl Fn(Fragment, &[u8]) -> Message<'_>,
-    ) -> Result<Vec<u8>, String> {
-        let total = u32::try_from(message.len()).map_err(|_| "message over 4 GiB".to_string())?;
-        let pieces: Vec<&[u8]> = if message.is_empty() {
-            vec![&[]]
-        } else {
-            message.chunks(self.max_fragment).collect()
-        };
-        let count = u16::try_from(pieces.len()).map_err(|_| "too many fragments".to_string())?;
-        if count > 1 {
-            self.stats.fragmented_messages += 1;
-        }
-        let (src, dst) = if to_server {
-            (self.client, self.server_end)
-        } else {
-            (self.server_end, self.client)
-        };
-        let mut assembled = vec![0u8; message.len()];
-        let mut offset = 0usize;
-        for (index, piece) in pieces.iter().enumerate() {
-            let fragment = Fragment {
-                index: u16::try_from(index).map_err(|_| "fragment index".to_string())?,
-                count,
-                offset: u32::try_from(offset).map_err(|_| "offset".to_string())?,
-                total_len: total,
-            };
-            let frame = Frame {
-                flags: Flags::NONE,
-                channel: 1,
-                sequence: self.sequence,
-                message: build(fragment, piece),
-            };
-            self.sequence += 1;
-            offset += piece.len();
-
-            // Sender: relay frame in place, then the outer headers around it.
-            let relay_len = frame.buffer_len();
-            let start = self.encap.header_len();
-            self.frame_buf.clear();
-            self.frame_buf.resize(self.encap.frame_len(relay_len), 0);
-            frame.emit(&mut self.frame_buf[start..start + relay_len]);
-            encap::emit(self.encap, &src, &dst, relay_len, &mut self.frame_buf);
-            self.stats.frames += 1;
-            self.stats.bytes += self.frame_buf.len() as u64;
-
-            // Receiver: checksums, addresses, relay header, body.
-            let (_, _, relay) =
-                encap::parse(&self.frame_buf, self.encap).map_err(|e| e.to_string())?;
-            let (received, _) = Frame::parse(relay).map_err(|e| e.to_string())?;
-            let (placement, data) = match received.message {
-                Message::RpcCall(call) => (call.fragment, call.data),
-                Message::RpcReply(reply) => (reply.fragment, reply.data),
-                other => return Err(format!("unexpected {}", other.kind().name())),
-            };
-            let at = placement.offset as usize;
-            assembled[at..at + data.len()].copy_from_slice(data);
-        }
-        Ok(assembled)
+    if args.loss > 0.0 && args.transport != TransportKind::Mem {
+        eprintln!("xrelay demo: --loss applies to --transport mem only");
+        return ExitCode::from(2);
+    }
+    let started = std::time::Instant::now();
+    let mut report = Report::default();
+    if let Err(error) = exercise(args, &mut report) {
+        report.failures.push(error);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let ok = report.failures.is_empty();
+    if args.json {
+        let json = serde_json::json!({
+            "ok": ok,
+            "transport": args.transport.name(),
+            "rpc": {"calls": report.calls, "replies_ok": report.replies_ok},
+            "signal": {"submitted": report.submitted, "delivered": report.delivered},
+            "rom": {
+                "versions_published": report.versions_published,
+                "final_version_match": report.final_version_match,
+                "largest_bytes": report.largest_bytes,
+            },
+        });
+        println!("{json}");
+    } else {
+        print_summary(args, &report);
+    }
+    for failure in &report.failures {
+        eprintln!("xrelay demo: FAILED: {failure}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
-impl<D: Dispatch> Caller for WireLoopback<D> {
-    fn call(
-        &mut self,
-        interface: u32,
-        opcode: u16,
-        args: &[u8],
-        reply: &mut Vec<u8>,
-    ) -> Result<i32, CallError> {
-        let request_id = self.next_request;
-        self.next_request += 1;
-        self.stats.calls += 1;
-        let unreachable = |e: String| CallError::Unreachable(e);
-        let received_args = self
-            .transfer(args, true, |fragment, data| {
-                Message::RpcCall(RpcCall {
-                    request_id,
-                    interface,
-                    opcode,
-                    fragment,
-                    data,
-                })
-            })
-            .map_err(unreachable)?;
-        let mut result = Vec::new();
-        let code = self.server.dispatch(opcode, &received_args, &mut result);
-        *reply = self
-            .transfer(&result, false, |fragment, data| {
-                Message::RpcReply(RpcReply {
-                    request_id,
-                    exception: code,
-                    fragment,
-                    data,
-                })
-            })
-            .map_err(unreachable)?;
-        Ok(code)
+fn print_summary(args: &Args, r: &Report) {
+    let link = match args.transport {
+        TransportKind::Mem if args.loss > 0.0 => format!(
+            "mem (in-process network, {:.0} % loss, 5 % duplicates, 10 % reordering)",
+            args.loss * 100.0
+        ),
+        TransportKind::Mem => "mem (in-process network)".to_owned(),
+        TransportKind::Udp => "udp (kernel sockets on 127.0.0.1)".to_owned(),
+    };
+    println!("xrelay demo: two nodes over {link}, {:.2} s", r.seconds);
+    println!(
+        "  rpc:    {} calls, {} replies as expected ({} typed NotFound exceptions, {} values over one frame)",
+        r.calls, r.replies_ok, r.exceptions, r.fragmented_values
+    );
+    println!(
+        "  signal: {} submitted in bursts, {} delivered in {} wake-ups",
+        r.submitted, r.delivered, r.wakeups
+    );
+    println!(
+        "  rom:    {} versions published (largest {} bytes), subscriber saw {} complete versions, final version and hash match: {}",
+        r.versions_published, r.largest_bytes, r.versions_seen, r.final_version_match
+    );
+    if r.failures.is_empty() {
+        println!("ok: every check passed");
     }
 }
 
-/// The value stored under key `i`: sizes from 0 bytes to 20 KiB, so some
-/// calls need one frame and some need many.
+/// Starts the two nodes on the chosen transport; `a` knows `b` as "b" and
+/// the other way round.
+fn start(args: &Args) -> Result<(Runtime, Runtime), RuntimeError> {
+    let clock = MonotonicClock::new();
+    let config = |peer: &str, endpoint| {
+        let mut config = RuntimeConfig::new(vec![(peer.to_owned(), endpoint)]);
+        config.clock = clock;
+        config
+    };
+    match args.transport {
+        TransportKind::Mem => {
+            let faults = if args.loss > 0.0 {
+                Faults::lossy(args.loss)
+            } else {
+                Faults::default()
+            };
+            let network = MemNetwork::new(args.seed, faults, 1500);
+            let (net_a, net_b) = (network.clone(), network);
+            let a = Runtime::spawn("xrelay-a", config("b", host_endpoint(2)), move || {
+                Ok(net_a.attach(1))
+            })?;
+            let b = Runtime::spawn("xrelay-b", config("a", host_endpoint(1)), move || {
+                Ok(net_b.attach(2))
+            })?;
+            Ok((a, b))
+        }
+        TransportKind::Udp => {
+            let bind = || {
+                UdpTransport::bind(
+                    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+                    UdpConfig::default(),
+                )
+            };
+            let a = Runtime::spawn(
+                "xrelay-a",
+                RuntimeConfig {
+                    clock,
+                    ..RuntimeConfig::new(Vec::new())
+                },
+                bind,
+            )?;
+            let b = Runtime::spawn(
+                "xrelay-b",
+                RuntimeConfig {
+                    clock,
+                    ..RuntimeConfig::new(Vec::new())
+                },
+                bind,
+            )?;
+            a.add_peer("b", b.local_endpoint())?;
+            b.add_peer("a", a.local_endpoint())?;
+            Ok((a, b))
+        }
+    }
+}
+
+fn exercise(args: &Args, report: &mut Report) -> Result<(), String> {
+    let (a, b) = start(args).map_err(|e| format!("starting the nodes: {e}"))?;
+    b.export_rpc(
+        "kv",
+        KvStoreServer(MemoryStore::new(args.keys as usize + 1)),
+    )
+    .map_err(|e| e.to_string())?;
+    let handler = b.export_signal("events").map_err(|e| e.to_string())?;
+    let publisher = b.export_rom("config").map_err(|e| e.to_string())?;
+
+    let session = a.open_rpc("b", "kv").map_err(|e| e.to_string())?;
+    let transmitter = a.open_signal("b", "events").map_err(|e| e.to_string())?;
+    let subscriber = Arc::new(a.subscribe_rom("b", "config").map_err(|e| e.to_string())?);
+
+    // Every version the subscriber sees, recorded on a thread of its own
+    // while the publisher publishes and the RPC and signal parts run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let subscriber = Arc::clone(&subscriber);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || watch(&subscriber, &stop))
+    };
+    let published = publish_versions(&publisher, report);
+    let rpc_result = rpc(KvStoreClient::new(session), args.keys, report);
+    signals(&transmitter, &handler, report);
+    let published = published?;
+    rpc_result?;
+
+    // The subscriber must reach the newest version.
+    let newest = published
+        .iter()
+        .map(|(&v, &h)| (v, h))
+        .max_by_key(|&(v, _)| v);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = subscriber.current();
+    while std::time::Instant::now() < deadline
+        && last.as_ref().map(|v| (v.version, v.hash)) != newest
+    {
+        last = subscriber.wait_change(last.as_ref().map(|v| v.version), Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Release);
+    let seen = watcher.join().map_err(|_| "the ROM watcher panicked")?;
+    report.versions_seen = seen.len() as u64;
+    report.final_version_match = last.as_ref().map(|v| (v.version, v.hash)) == newest;
+    if !report.final_version_match {
+        report.failures.push(format!(
+            "rom: the subscriber is at version {:?}, the newest published is {:?}",
+            last.map(|v| v.version),
+            newest.map(|(v, _)| v)
+        ));
+    }
+    // Every version seen is complete, verified and exactly what was
+    // published under its number; versions only go forward.
+    let mut previous = 0;
+    for version in &seen {
+        let intact = blake3::hash(&version.data).as_bytes() == &version.hash
+            && published.get(&version.version) == Some(&version.hash)
+            && (version.state == RomState::Valid || version.data.is_empty());
+        if !intact {
+            report.failures.push(format!(
+                "rom: version {} seen with content that was not published",
+                version.version
+            ));
+        }
+        if version.version <= previous {
+            report.failures.push(format!(
+                "rom: version {} seen after {previous}",
+                version.version
+            ));
+        }
+        previous = version.version;
+    }
+    drop((a, b));
+    Ok(())
+}
+
+/// Records each new version the subscriber sees until `stop`.
+fn watch(
+    subscriber: &xrelay_datapath::runtime::RomSubscriber,
+    stop: &AtomicBool,
+) -> Vec<Arc<RomVersion>> {
+    let mut seen: Vec<Arc<RomVersion>> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let last = seen.last().map(|v| v.version);
+        if let Some(version) = subscriber.wait_change(last, Duration::from_millis(20)) {
+            if Some(version.version) != last {
+                seen.push(version);
+            }
+        }
+    }
+    seen
+}
+
+/// Deterministic content of `len` bytes.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+/// Publishes several versions back to back, some faster than they can be
+/// transferred (only the newest must arrive); returns version -> hash of
+/// everything published, the initial empty version 1 included.
+fn publish_versions(
+    publisher: &xrelay_datapath::runtime::RomPublisher,
+    report: &mut Report,
+) -> Result<HashMap<u64, [u8; 32]>, String> {
+    let mut published = HashMap::new();
+    published.insert(1, *blake3::hash(&[]).as_bytes());
+    let steps: [Option<usize>; 6] = [
+        Some(1024),
+        None,
+        Some(0),
+        Some(300 * 1024),
+        Some(4 * 1024 * 1024 + 17),
+        Some(1024 * 1024 + 3),
+    ];
+    for (i, step) in steps.into_iter().enumerate() {
+        let (version, hash) = match step {
+            Some(len) => {
+                let data = content(i as u64, len);
+                let hash = *blake3::hash(&data).as_bytes();
+                report.largest_bytes = report.largest_bytes.max(len as u64);
+                (publisher.publish(data), hash)
+            }
+            None => (publisher.remove(), *blake3::hash(&[]).as_bytes()),
+        };
+        let version = version.map_err(|e| format!("rom: publish: {e}"))?;
+        published.insert(version, hash);
+        report.versions_published += 1;
+        if i == 4 {
+            // Let the large version get under way before it is superseded.
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+    Ok(published)
+}
+
+/// The value stored under key `i`: 0 bytes to 20 KiB, so some calls need
+/// one frame and some need many.
 fn value_for(i: u32) -> Vec<u8> {
     let len = (i as usize * 37) % (20 * 1024 + 1);
     (0..len)
@@ -190,74 +365,109 @@ fn value_for(i: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Runs the demo; exit status 0 only when every check passed.
-pub fn run(args: &Args) -> ExitCode {
-    match exercise(args) {
-        Ok(summary) => {
-            println!("{summary}");
-            println!("ok: every check passed");
-            ExitCode::SUCCESS
+fn rpc(
+    mut kv: KvStoreClient<xrelay_datapath::runtime::RpcSession>,
+    keys: u32,
+    report: &mut Report,
+) -> Result<(), String> {
+    let check = |report: &mut Report, what: String, ok: bool| {
+        report.calls += 1;
+        if ok {
+            report.replies_ok += 1;
+            Ok(())
+        } else {
+            Err(format!("rpc: {what}"))
         }
-        Err(failure) => {
-            eprintln!("xrelay demo: FAILED: {failure}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn exercise(args: &Args) -> Result<String, String> {
-    let loopback = WireLoopback::new(
-        KvStoreServer(MemoryStore::new(args.calls as usize)),
-        args.mtu,
-    )?;
-    let mut kv = KvStoreClient::new(loopback);
-    let fail = |what: &str, e: RpcError<KvError>| format!("{what}: {e}");
-    let mut value_bytes = 0u64;
-    for i in 0..args.calls {
+    };
+    let mut value_bytes = 0;
+    for i in 0..keys {
         let value = value_for(i);
         value_bytes += value.len() as u64;
-        kv.put(format!("key-{i}"), value)
-            .map_err(|e| fail("put", e))?;
-    }
-    for i in 0..args.calls {
-        let value = kv.get(format!("key-{i}")).map_err(|e| fail("get", e))?;
-        if value != value_for(i) {
-            return Err(format!("get key-{i}: value differs from what was put"));
+        if value.len() > 1400 {
+            report.fragmented_values += 1;
         }
+        let result = kv.put(format!("key-{i}"), value);
+        check(
+            report,
+            format!("put key-{i}: {result:?}"),
+            result == Ok(None),
+        )?;
     }
-    let stats = kv.stats().map_err(|e| format!("stats: {e}"))?;
+    for i in 0..keys {
+        let result = kv.get(format!("key-{i}"));
+        let ok = result.as_ref().is_ok_and(|v| *v == value_for(i));
+        check(
+            report,
+            format!("get key-{i}: {:?}", result.map(|v| v.len())),
+            ok,
+        )?;
+    }
+    let stats = kv.stats();
     let expected = StoreStats {
-        keys: u64::from(args.calls),
+        keys: u64::from(keys),
         value_bytes,
     };
-    if stats != expected {
-        return Err(format!("stats: got {stats:?}, expected {expected:?}"));
+    check(
+        report,
+        format!("stats: {stats:?}, expected {expected:?}"),
+        stats == Ok(expected),
+    )?;
+    for i in (0..keys).step_by(2) {
+        let result = kv.delete(format!("key-{i}"));
+        check(
+            report,
+            format!("delete key-{i}: {result:?}"),
+            result == Ok(()),
+        )?;
     }
-    for i in (0..args.calls).step_by(2) {
-        kv.delete(format!("key-{i}"))
-            .map_err(|e| fail("delete", e))?;
+    for i in 0..keys {
+        let result = kv.get(format!("key-{i}"));
+        let ok = match &result {
+            Err(RpcError::Exception(KvError::NotFound)) if i % 2 == 0 => {
+                report.exceptions += 1;
+                true
+            }
+            Ok(value) => i % 2 == 1 && *value == value_for(i),
+            _ => false,
+        };
+        check(
+            report,
+            format!("get key-{i} after deletes: {:?}", result.map(|v| v.len())),
+            ok,
+        )?;
     }
-    let mut not_found = 0u32;
-    for i in 0..args.calls {
-        match kv.get(format!("key-{i}")) {
-            Err(RpcError::Exception(KvError::NotFound)) if i % 2 == 0 => not_found += 1,
-            Ok(value) if i % 2 == 1 && value == value_for(i) => {}
-            other => return Err(format!("get key-{i} after deletes: {other:?}")),
+    Ok(())
+}
+
+/// Bursts of submissions; the handler must get exactly as many.
+fn signals(
+    transmitter: &xrelay_datapath::runtime::SignalTransmitter,
+    handler: &xrelay_datapath::runtime::SignalHandler,
+    report: &mut Report,
+) {
+    for burst in 1..=20u64 {
+        for _ in 0..burst * 10 {
+            if transmitter.submit().is_ok() {
+                report.submitted += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while report.delivered < report.submitted && std::time::Instant::now() < deadline {
+        if let Some(count) = handler.wait_timeout(Duration::from_millis(100)) {
+            report.delivered += count;
+            report.wakeups += 1;
         }
     }
-    let wire = &kv.caller_mut().stats;
-    Ok(format!(
-        "xrelay demo (in-process wire loopback, Ethernet+IPv4+UDP, MTU {mtu})\n  \
-         calls: {calls} ({puts} put, {gets} get, {deletes} delete, 1 stats)\n  \
-         exceptions: {not_found} NotFound, as expected for deleted keys\n  \
-         frames: {frames} ({bytes} bytes on the wire, {frag} messages fragmented)",
-        mtu = args.mtu,
-        calls = wire.calls,
-        puts = args.calls,
-        gets = 2 * args.calls,
-        deletes = args.calls.div_ceil(2),
-        frames = wire.frames,
-        bytes = wire.bytes,
-        frag = wire.fragmented_messages,
-    ))
+    // Anything more would be a doubled signal.
+    if let Some(extra) = handler.wait_timeout(Duration::from_millis(50)) {
+        report.delivered += extra;
+    }
+    if report.delivered != report.submitted {
+        report.failures.push(format!(
+            "signal: {} submitted, {} delivered",
+            report.submitted, report.delivered
+        ));
+    }
 }

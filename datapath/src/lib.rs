@@ -8,7 +8,11 @@
 //!   marshals by hand.
 //! * [`example`]: a worked example interface (a key-value store) used by
 //!   tests, the demo and the documentation.
-//! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC).
+//! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC, ROM).
+//! * [`node`]: a relay node, sans-IO: every engine of every session with
+//!   every peer behind one receive call and one transmit call.
+//! * [`runtime`]: the application API: a datapath thread driving a node,
+//!   and handles for RPC sessions, signals and ROM modules.
 //! * [`time`]: the engines' notion of time (no clock inside an engine).
 //! * [`transport`]: links that move relay frames in batches (`mem`, `udp`).
 #![deny(unsafe_code)]
@@ -20,6 +24,8 @@ extern crate self as xrelay_datapath;
 pub mod engine;
 pub mod example;
 pub mod marshal;
+pub mod node;
+pub mod runtime;
 pub mod time;
 pub mod transport;
 pub mod wire;

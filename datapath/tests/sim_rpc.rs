@@ -76,7 +76,7 @@ fn run(
             now,
             256,
             &mut |_, bytes| match Frame::parse(bytes).map(|f| f.0.message) {
-                Ok(Message::RpcCall(call)) => server.handle_call(&call),
+                Ok(Message::RpcCall(call)) => server.handle_call(now, &call),
                 Ok(Message::RpcAck(ack)) => server.handle_ack(&ack),
                 _ => {}
             },

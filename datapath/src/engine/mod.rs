@@ -9,8 +9,11 @@
 //! * [`signal`]: counted signals with cumulative counts.
 //! * [`reassembly`]: fragmented messages put back together, with selective acks.
 //! * [`rpc`]: client and server proxies of one RPC session, at-most-once.
+//! * [`rom`]: publisher and subscriber of one ROM session: the newest
+//!   version of a module in chunks, verified before it becomes visible.
 
 pub mod peer;
 pub mod reassembly;
+pub mod rom;
 pub mod rpc;
 pub mod signal;

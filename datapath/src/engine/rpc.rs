@@ -150,6 +150,21 @@ impl RpcClient {
         }
     }
 
+    /// A client whose first request id is `first` (a session re-opened
+    /// after its server lost it keeps counting, so ids stay unique for the
+    /// application).
+    pub fn starting_at(config: RpcConfig, first: u64) -> Self {
+        RpcClient {
+            next_request: first.max(1),
+            ..RpcClient::new(config)
+        }
+    }
+
+    /// The id the next call will get.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request
+    }
+
     /// Calls outstanding.
     pub fn outstanding(&self) -> usize {
         self.calls.len()
@@ -405,6 +420,8 @@ enum ServerCall {
         interface: u32,
         opcode: u16,
         reassembly: Reassembly,
+        /// When the first fragment arrived.
+        started: Instant,
     },
     /// Handed to the application, no reply yet.
     Executing,
@@ -450,6 +467,8 @@ pub struct RpcServer {
     bitmap: Vec<u8>,
     /// Frames refused: inconsistent fragments or over the memory budget.
     pub dropped: u64,
+    /// Calls whose fragments never all arrived, dropped by [`RpcServer::expire`].
+    pub abandoned: u64,
 }
 
 impl RpcServer {
@@ -467,6 +486,7 @@ impl RpcServer {
             assembling_bytes: 0,
             bitmap: Vec::new(),
             dropped: 0,
+            abandoned: 0,
         }
     }
 
@@ -474,8 +494,19 @@ impl RpcServer {
         request_id < self.forgotten_below || self.executed.contains(&request_id)
     }
 
+    /// Bytes held for calls still being reassembled.
+    pub fn assembling_bytes(&self) -> usize {
+        self.assembling_bytes
+    }
+
+    /// Whether the server holds any state for `request_id` (assembling,
+    /// executing, replied or remembered as executed).
+    pub fn knows(&self, request_id: u64) -> bool {
+        self.already_executed(request_id) || self.calls.contains_key(&request_id)
+    }
+
     /// Takes a call fragment into account.
-    pub fn handle_call(&mut self, call: &RpcCall<'_>) {
+    pub fn handle_call(&mut self, now: Instant, call: &RpcCall<'_>) {
         let id = call.request_id;
         if self.already_executed(id) {
             return;
@@ -495,6 +526,7 @@ impl RpcServer {
                         interface: call.interface,
                         opcode: call.opcode,
                         reassembly,
+                        started: now,
                     },
                 );
             }
@@ -517,6 +549,7 @@ impl RpcServer {
             interface,
             opcode,
             reassembly,
+            ..
         }) = self.calls.get_mut(&id)
         else {
             return;
@@ -584,6 +617,9 @@ impl RpcServer {
     /// call timeout (it gave up or its acknowledgement was lost); their ids
     /// stay remembered as executed. Cheap to call every iteration: it scans
     /// at most once per call timeout, so a reply goes within three.
+    /// Calls whose fragments stopped arriving (the client gave up at its
+    /// deadline) are dropped the same way, freeing their memory; they were
+    /// never executed, so they are not remembered.
     pub fn expire(&mut self, now: Instant) {
         if now < self.next_expiry {
             return;
@@ -593,12 +629,22 @@ impl RpcServer {
         let stale: Vec<u64> = self
             .calls
             .iter()
-            .filter(|(_, c)| matches!(c, ServerCall::Replied { at, .. } if now.saturating_since(*at) > limit))
+            .filter(|(_, c)| match c {
+                ServerCall::Replied { at, .. } | ServerCall::Assembling { started: at, .. } => {
+                    now.saturating_since(*at) > limit
+                }
+                ServerCall::Executing => false,
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in stale {
-            self.calls.remove(&id);
-            self.remember(id);
+            match self.calls.remove(&id) {
+                Some(ServerCall::Assembling { reassembly, .. }) => {
+                    self.assembling_bytes -= reassembly.total_len();
+                    self.abandoned += 1;
+                }
+                _ => self.remember(id),
+            }
         }
     }
 

@@ -59,6 +59,16 @@ impl SignalSender {
         self.submitted
     }
 
+    /// The context this sender transmits to.
+    pub fn context(&self) -> u32 {
+        self.context
+    }
+
+    /// The highest count the receiver has acknowledged.
+    pub fn acknowledged(&self) -> u64 {
+        self.acked
+    }
+
     /// Whether every submission is acknowledged by the receiver.
     pub fn is_acknowledged(&self) -> bool {
         self.acked >= self.submitted

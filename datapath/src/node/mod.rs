@@ -1,0 +1,1326 @@
+//! A relay node, sans-IO: every engine of every session with every peer,
+//! behind one pair of calls that match a [`Transport`](crate::transport::Transport)'s
+//! batches — [`Node::handle_datagram`] for each received frame and
+//! [`Node::poll_transmit`] to fill each send buffer.
+//!
+//! The node owns:
+//!
+//! * **peers**, each with liveness (heartbeats, restart detection), its own
+//!   sequence counter and a bounded queue of session control frames;
+//! * **exports**: what peers may open here, by service and label — an RPC
+//!   dispatcher that runs inline on the datapath thread, a signal receiver
+//!   or a ROM module;
+//! * **client sessions** the application opened on peers, which are
+//!   re-opened on their own after the peer restarts or comes back, and
+//!   **served sessions** peers opened here.
+//!
+//! Everything the application must hear about comes out of
+//! [`Node::poll_event`]. Every frame that is not processed is counted in
+//! [`NodeStats`] by reason; no input panics, and the state a peer can make
+//! this node hold is bounded (sessions per peer, signal contexts per
+//! session, reassembly bytes per RPC session, control queue, ROM size).
+//!
+//! Routing and capability policy are the control plane's (docs/config.md);
+//! here an export is open to every configured peer and a peer is known by
+//! its address.
+
+mod session;
+
+use core::ops::Bound;
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use self::session::{ClientEngine, ClientSession, Content, Phase, ServedEngine, ServedSession};
+use crate::engine::peer::{LivenessConfig, PeerEvent, PeerLiveness, PeerState};
+use crate::engine::rom::{RomConfig, RomReceiver, RomSender, RomVersion};
+use crate::engine::rpc::{CallOutcome, RpcClient, RpcConfig, RpcServer};
+use crate::engine::signal::{SignalReceiver, SignalSender};
+use crate::marshal::rpc::codes;
+use crate::marshal::{CallError, Dispatch};
+use crate::time::Instant;
+use crate::wire::encap::Endpoint;
+use crate::wire::header::{HEADER_LEN, TAG_LEN};
+use crate::wire::rpc::Acked;
+use crate::wire::session::{
+    CloseReason, OpenStatus, Origin, Service, SessionClose, SessionOpen, SessionReply,
+    MAX_LABEL_LEN,
+};
+use crate::wire::{Error as WireError, Flags, Frame, Message};
+
+/// Fixed body bytes before an RPC fragment's data (RPC_CALL, the larger).
+const RPC_FIXED: usize = 28;
+/// Fixed body bytes before a ROM chunk's data.
+const ROM_FIXED: usize = 24;
+
+/// How a node behaves: timing, sizes and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This run's incarnation (non-zero, random per start).
+    pub incarnation: u64,
+    /// The first sequence number sent to each peer (docs/wire.md 3.2:
+    /// UNIX time in ns at start).
+    pub initial_sequence: u64,
+    /// The longest relay frame the transport carries.
+    pub max_frame_len: usize,
+    /// Heartbeats and the dead time.
+    pub liveness: LivenessConfig,
+    /// RPC timing and limits (`max_fragment` is derived from `max_frame_len`).
+    pub rpc: RpcConfig,
+    /// ROM timing and limits (`chunk_size` is derived from `max_frame_len`).
+    pub rom: RomConfig,
+    /// An unacknowledged signal count is repeated this often.
+    pub signal_retransmit: Duration,
+    /// An unanswered SESSION_OPEN is repeated after this long, doubling up
+    /// to one second.
+    pub open_retransmit: Duration,
+    /// Sessions a peer may open here.
+    pub max_sessions_per_peer: usize,
+    /// Signal contexts per signal session.
+    pub max_contexts_per_session: usize,
+    /// Session control frames (replies, closes) queued per peer.
+    pub max_control_queue: usize,
+    /// Bytes of unfinished RPC messages a peer may make this node hold,
+    /// over all its sessions (each session also has `rpc.max_reassembly_bytes`).
+    pub max_reassembly_per_peer: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a transport carrying frames of `max_frame_len` bytes,
+    /// with a random incarnation and the sequence starting at the current
+    /// UNIX time.
+    pub fn new(max_frame_len: usize) -> NodeConfig {
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        NodeConfig {
+            incarnation: fastrand::u64(1..),
+            initial_sequence: unix_ns,
+            max_frame_len,
+            liveness: LivenessConfig::default(),
+            rpc: RpcConfig::default(),
+            rom: RomConfig::default(),
+            signal_retransmit: Duration::from_millis(20),
+            open_retransmit: Duration::from_millis(20),
+            max_sessions_per_peer: 256,
+            max_contexts_per_session: 64,
+            max_control_queue: 256,
+            max_reassembly_per_peer: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a node could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The frames are too short to carry the protocol.
+    #[error("frames of {0} bytes are too short (at least 128 needed)")]
+    FrameTooShort(usize),
+    /// Two peers with one address, or one name.
+    #[error("peer {0:?} is configured twice")]
+    DuplicatePeer(String),
+    /// Two exports of one service with one label.
+    #[error("{0:?} is exported twice")]
+    DuplicateExport(String),
+    /// A label longer than the wire allows.
+    #[error("label of {0} bytes exceeds {MAX_LABEL_LEN}")]
+    LabelTooLong(usize),
+    /// An incarnation of 0 (reserved on the wire).
+    #[error("incarnation 0 is reserved")]
+    ZeroIncarnation,
+    /// No such peer, session or export.
+    #[error("unknown {0}")]
+    Unknown(&'static str),
+    /// The session has the wrong service for the operation.
+    #[error("the session is not a {0} session")]
+    WrongService(&'static str),
+}
+
+/// A configured peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub usize);
+
+/// A client session this node opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+/// Something this node exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExportId(pub usize);
+
+/// What the application hears from the node.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A peer came up, restarted or went down.
+    Peer {
+        /// Which.
+        peer: PeerId,
+        /// What happened.
+        event: PeerEvent,
+    },
+    /// A client session is open (again, after a reconnect).
+    Opened {
+        /// The session.
+        session: SessionId,
+    },
+    /// A client session is down until its peer is back; pending calls
+    /// failed with [`CallError::Unreachable`].
+    Interrupted {
+        /// The session.
+        session: SessionId,
+    },
+    /// A client session was refused or closed for good.
+    Closed {
+        /// The session.
+        session: SessionId,
+        /// The server's answer or the reason of the close.
+        reason: CloseCause,
+    },
+    /// A call ended.
+    CallDone {
+        /// The session it was made on.
+        session: SessionId,
+        /// Its request id and result.
+        outcome: CallOutcome,
+    },
+    /// Signals arrived for an exported signal receiver: one wake-up.
+    Signal {
+        /// The export.
+        export: ExportId,
+        /// From whom.
+        peer: PeerId,
+        /// The context within the session.
+        context: u32,
+        /// Submissions since the last wake-up of this context.
+        count: u64,
+    },
+    /// A subscribed ROM module has a new complete, verified version.
+    RomChanged {
+        /// The session.
+        session: SessionId,
+        /// The version, content and hash.
+        version: Arc<RomVersion>,
+    },
+}
+
+/// Why a client session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The server refused to open it.
+    Refused(OpenStatus),
+    /// The server closed it.
+    ClosedByServer(CloseReason),
+    /// The application closed it.
+    Local,
+}
+
+/// Frames received, sent and dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Frames handed to [`Node::handle_datagram`].
+    pub frames_received: u64,
+    /// Frames produced by [`Node::poll_transmit`].
+    pub frames_sent: u64,
+    /// From an address that is no configured peer.
+    pub unknown_peer: u64,
+    /// Not a relay frame, truncated, bad lengths or fields.
+    pub malformed: u64,
+    /// A protocol version this node does not speak.
+    pub bad_version: u64,
+    /// A frame kind or flag this node does not know.
+    pub unknown_kind: u64,
+    /// Authenticated frames while no key is configured.
+    pub unauthenticated: u64,
+    /// For a session this node does not hold (answered with SESSION_CLOSE).
+    pub unknown_session: u64,
+    /// A kind that does not belong to the session's service or direction.
+    pub wrong_service: u64,
+    /// SESSION_OPENs refused (no such export, no room).
+    pub refused_opens: u64,
+    /// Control frames not queued because the queue was full.
+    pub control_queue_full: u64,
+    /// Signals for more contexts than a session may have.
+    pub too_many_contexts: u64,
+    /// Fragments the RPC engines refused (inconsistent, over the memory budget).
+    pub rpc_dropped: u64,
+    /// ROM chunks, acks and requests the ROM engines refused.
+    pub rom_dropped: u64,
+    /// Replies over the message limit, answered with INVALID_OBJECT.
+    pub reply_too_large: u64,
+}
+
+enum Export {
+    Rpc(Box<dyn Dispatch + Send>),
+    Signal,
+    Rom(Content),
+}
+
+impl Export {
+    fn service(&self) -> Service {
+        match self {
+            Export::Rpc(_) => Service::Rpc,
+            Export::Signal => Service::Signal,
+            Export::Rom(_) => Service::Rom,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Reply { open_id: u32, status: OpenStatus },
+    Close { reason: CloseReason, origin: Origin },
+}
+
+struct Peer {
+    name: String,
+    endpoint: Endpoint,
+    liveness: PeerLiveness,
+    sequence: u64,
+    /// Sessions the peer opened here, by the channel this node assigned.
+    served: BTreeMap<u32, ServedSession>,
+    /// The peer's open ids of served sessions, to answer repeated opens.
+    served_opens: BTreeMap<u32, u32>,
+    next_channel: u32,
+    /// This node's open client sessions on the peer, by the peer's channel.
+    open: BTreeMap<u32, SessionId>,
+    /// This node's client sessions being opened, by open id.
+    opening: BTreeMap<u32, SessionId>,
+    /// This node's client sessions on the peer.
+    clients: BTreeMap<SessionId, ClientSession>,
+    control: VecDeque<(u32, Control)>,
+    /// Bytes of unfinished RPC messages in the peer's served sessions.
+    assembling: usize,
+    /// Round robin over sessions: the next served channel and client
+    /// session to ask for output first.
+    served_turn: u32,
+    client_turn: SessionId,
+}
+
+impl Peer {
+    fn allocate_channel(&mut self) -> u32 {
+        loop {
+            let channel = self.next_channel;
+            self.next_channel = self.next_channel.wrapping_add(1).max(1);
+            if !self.served.contains_key(&channel) {
+                return channel;
+            }
+        }
+    }
+
+    fn queue_control(
+        &mut self,
+        stats: &mut NodeStats,
+        limit: usize,
+        channel: u32,
+        control: Control,
+    ) {
+        if self.control.len() >= limit {
+            stats.control_queue_full += 1;
+        } else {
+            self.control.push_back((channel, control));
+        }
+    }
+}
+
+/// One relay node (see the module documentation).
+pub struct Node {
+    config: NodeConfig,
+    peers: Vec<Peer>,
+    exports: Vec<Export>,
+    export_labels: BTreeMap<(u8, String), ExportId>,
+    /// Which peer each client session is on.
+    clients: BTreeMap<SessionId, usize>,
+    next_session: u64,
+    next_open_id: u32,
+    events: VecDeque<NodeEvent>,
+    stats: NodeStats,
+    peer_turn: usize,
+    reply: Vec<u8>,
+}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("incarnation", &self.config.incarnation)
+            .field("peers", &self.peers.len())
+            .field("exports", &self.exports.len())
+            .field("clients", &self.clients.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node with no peers and no exports.
+    pub fn new(mut config: NodeConfig) -> Result<Node, NodeError> {
+        if config.max_frame_len < 128 {
+            return Err(NodeError::FrameTooShort(config.max_frame_len));
+        }
+        if config.incarnation == 0 {
+            return Err(NodeError::ZeroIncarnation);
+        }
+        let room = config.max_frame_len - HEADER_LEN - TAG_LEN;
+        config.rpc.max_fragment = room - RPC_FIXED;
+        config.rom.chunk_size = u32::try_from(room - ROM_FIXED)
+            .unwrap_or(u32::MAX)
+            .min(u32::from(u16::MAX));
+        Ok(Node {
+            config,
+            peers: Vec::new(),
+            exports: Vec::new(),
+            export_labels: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            next_session: 1,
+            next_open_id: 1,
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+            peer_turn: 0,
+            reply: Vec::new(),
+        })
+    }
+
+    /// The configuration in effect (with the derived sizes).
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Adds a peer reachable at `endpoint`.
+    pub fn add_peer(
+        &mut self,
+        now: Instant,
+        name: &str,
+        endpoint: Endpoint,
+    ) -> Result<PeerId, NodeError> {
+        if self
+            .peers
+            .iter()
+            .any(|p| p.name == name || same_address(&p.endpoint, &endpoint))
+        {
+            return Err(NodeError::DuplicatePeer(name.to_owned()));
+        }
+        self.peers.push(Peer {
+            name: name.to_owned(),
+            endpoint,
+            liveness: PeerLiveness::new(self.config.liveness, self.config.incarnation, now),
+            sequence: self.config.initial_sequence,
+            served: BTreeMap::new(),
+            served_opens: BTreeMap::new(),
+            next_channel: 1,
+            open: BTreeMap::new(),
+            opening: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            control: VecDeque::new(),
+            assembling: 0,
+            served_turn: 0,
+            client_turn: SessionId(0),
+        });
+        Ok(PeerId(self.peers.len() - 1))
+    }
+
+    /// The peer called `name`.
+    pub fn peer(&self, name: &str) -> Option<PeerId> {
+        self.peers.iter().position(|p| p.name == name).map(PeerId)
+    }
+
+    /// The name of `peer`.
+    pub fn peer_name(&self, peer: PeerId) -> Option<&str> {
+        self.peers.get(peer.0).map(|p| p.name.as_str())
+    }
+
+    /// Whether `peer` is up, as far as its heartbeats tell.
+    pub fn peer_state(&self, peer: PeerId) -> Option<PeerState> {
+        self.peers.get(peer.0).map(|p| p.liveness.state())
+    }
+
+    fn export(&mut self, label: &str, export: Export) -> Result<ExportId, NodeError> {
+        if label.len() > MAX_LABEL_LEN {
+            return Err(NodeError::LabelTooLong(label.len()));
+        }
+        let key = (u8::from(export.service()), label.to_owned());
+        if self.export_labels.contains_key(&key) {
+            return Err(NodeError::DuplicateExport(label.to_owned()));
+        }
+        let id = ExportId(self.exports.len());
+        self.exports.push(export);
+        self.export_labels.insert(key, id);
+        Ok(id)
+    }
+
+    /// Serves RPC sessions labelled `label` with `dispatcher`, which runs
+    /// inline on the thread that drives the node.
+    pub fn export_rpc(
+        &mut self,
+        label: &str,
+        dispatcher: Box<dyn Dispatch + Send>,
+    ) -> Result<ExportId, NodeError> {
+        self.export(label, Export::Rpc(dispatcher))
+    }
+
+    /// Receives signals on sessions labelled `label`
+    /// ([`NodeEvent::Signal`]).
+    pub fn export_signal(&mut self, label: &str) -> Result<ExportId, NodeError> {
+        self.export(label, Export::Signal)
+    }
+
+    /// Publishes a ROM module labelled `label`, empty at version 1 until
+    /// the first [`Node::publish`].
+    pub fn export_rom(&mut self, label: &str) -> Result<ExportId, NodeError> {
+        let initial = Arc::new(RomVersion::valid(1, Vec::new()));
+        self.export(label, Export::Rom(initial))
+    }
+
+    /// Makes `content` the newest version of ROM module `module` (`None`
+    /// removes the module); returns the new version. Subscribers are told
+    /// at once; a transfer of an older version still running is abandoned.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        module: ExportId,
+        content: Option<Vec<u8>>,
+    ) -> Result<u64, NodeError> {
+        let Some(Export::Rom(current)) = self.exports.get_mut(module.0) else {
+            return Err(NodeError::Unknown("ROM module"));
+        };
+        let version = current.version + 1;
+        *current = Arc::new(match content {
+            Some(data) => RomVersion::valid(version, data),
+            None => RomVersion::removed(version),
+        });
+        let current = Arc::clone(current);
+        for peer in &mut self.peers {
+            for served in peer.served.values_mut() {
+                if served.export == module {
+                    if let ServedEngine::Rom(sender) = &mut served.engine {
+                        sender.update(now, Arc::clone(&current));
+                    }
+                }
+            }
+        }
+        Ok(version)
+    }
+
+    /// The newest version of an exported ROM module.
+    pub fn published(&self, module: ExportId) -> Option<Arc<RomVersion>> {
+        match self.exports.get(module.0) {
+            Some(Export::Rom(current)) => Some(Arc::clone(current)),
+            _ => None,
+        }
+    }
+
+    /// Opens a session with `service` labelled `label` on `peer`. The
+    /// session is usable after [`NodeEvent::Opened`]; it is re-opened on
+    /// its own when the peer restarts or comes back after being down.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        service: Service,
+        label: &str,
+    ) -> Result<SessionId, NodeError> {
+        if label.len() > MAX_LABEL_LEN {
+            return Err(NodeError::LabelTooLong(label.len()));
+        }
+        if peer.0 >= self.peers.len() {
+            return Err(NodeError::Unknown("peer"));
+        }
+        let engine = match service {
+            Service::Rpc => ClientEngine::Rpc(Box::new(RpcClient::new(self.config.rpc))),
+            Service::Signal => ClientEngine::Signal(BTreeMap::new()),
+            Service::Rom => ClientEngine::Rom(Box::new(RomReceiver::new(self.config.rom, now))),
+            Service::Unknown(_) => return Err(NodeError::Unknown("service")),
+        };
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let open_id = self.fresh_open_id();
+        let p = peer.0;
+        self.peers[p].opening.insert(open_id, id);
+        self.clients.insert(id, p);
+        self.peers[p].clients.insert(
+            id,
+            ClientSession {
+                service,
+                label: label.to_owned(),
+                phase: Phase::Opening {
+                    open_id,
+                    next_send: now,
+                    backoff: self.config.open_retransmit,
+                },
+                engine,
+            },
+        );
+        Ok(id)
+    }
+
+    fn fresh_open_id(&mut self) -> u32 {
+        let id = self.next_open_id;
+        self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn client(&self, session: SessionId) -> Option<&ClientSession> {
+        let &p = self.clients.get(&session)?;
+        self.peers[p].clients.get(&session)
+    }
+
+    fn client_mut(&mut self, session: SessionId) -> Option<&mut ClientSession> {
+        let &p = self.clients.get(&session)?;
+        self.peers[p].clients.get_mut(&session)
+    }
+
+    /// Whether `session` is open now.
+    pub fn is_open(&self, session: SessionId) -> bool {
+        matches!(
+            self.client(session).map(|s| s.phase),
+            Some(Phase::Open { .. })
+        )
+    }
+
+    /// Closes a client session: pending calls fail with
+    /// [`CallError::Closed`], the server is told.
+    pub fn close(&mut self, session: SessionId) {
+        let Some(p) = self.clients.remove(&session) else {
+            return;
+        };
+        let peer = &mut self.peers[p];
+        let Some(mut client) = peer.clients.remove(&session) else {
+            return;
+        };
+        match client.phase {
+            Phase::Open { channel } => {
+                peer.open.remove(&channel);
+                peer.queue_control(
+                    &mut self.stats,
+                    self.config.max_control_queue,
+                    channel,
+                    Control::Close {
+                        reason: CloseReason::Normal,
+                        origin: Origin::Client,
+                    },
+                );
+            }
+            Phase::Opening { open_id, .. } => {
+                peer.opening.remove(&open_id);
+            }
+            Phase::Closed => {}
+        }
+        fail_calls(
+            &mut self.events,
+            session,
+            &mut client,
+            &CallError::Closed("closed by the application".into()),
+        );
+    }
+
+    /// Starts a call on an open RPC session; its end comes as
+    /// [`NodeEvent::CallDone`] with the returned request id.
+    pub fn call(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        interface: u32,
+        opcode: u16,
+        args: Vec<u8>,
+    ) -> Result<u64, CallError> {
+        let Some(client) = self.client_mut(session) else {
+            return Err(CallError::Closed("no such session".into()));
+        };
+        match client.phase {
+            Phase::Open { .. } => {}
+            Phase::Opening { .. } => {
+                let name = &self.peers[self.clients[&session]].name;
+                return Err(CallError::Unreachable(format!(
+                    "{name} is down; the session reopens when it is back"
+                )));
+            }
+            Phase::Closed => return Err(CallError::Closed("session closed".into())),
+        }
+        let ClientEngine::Rpc(rpc) = &mut client.engine else {
+            return Err(CallError::Closed("not an RPC session".into()));
+        };
+        rpc.call(now, interface, opcode, args)
+    }
+
+    /// Submits `count` signals to `context` of a signal session. Never
+    /// blocks; submissions made while the session is (re)opening are sent
+    /// when it opens.
+    pub fn submit(
+        &mut self,
+        session: SessionId,
+        context: u32,
+        count: u64,
+    ) -> Result<(), NodeError> {
+        let retransmit = self.config.signal_retransmit;
+        let limit = self.config.max_contexts_per_session;
+        let Some(client) = self.client_mut(session) else {
+            return Err(NodeError::Unknown("session"));
+        };
+        let ClientEngine::Signal(senders) = &mut client.engine else {
+            return Err(NodeError::WrongService("signal"));
+        };
+        if !senders.contains_key(&context) && senders.len() >= limit {
+            return Err(NodeError::Unknown("context (too many contexts)"));
+        }
+        senders
+            .entry(context)
+            .or_insert_with(|| SignalSender::new(context, retransmit))
+            .submit(count);
+        Ok(())
+    }
+
+    /// The current content of a subscribed ROM module, complete and
+    /// verified (`None` until the first version arrived).
+    pub fn rom_current(&self, session: SessionId) -> Option<Arc<RomVersion>> {
+        match &self.client(session)?.engine {
+            ClientEngine::Rom(receiver) => receiver.current().cloned(),
+            _ => None,
+        }
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    // ---------------------------------------------------------------
+    // Receiving
+    // ---------------------------------------------------------------
+
+    /// Takes one received relay frame from `from` into account.
+    pub fn handle_datagram(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) {
+        self.stats.frames_received += 1;
+        let Some(p) = self
+            .peers
+            .iter()
+            .position(|p| same_address(&p.endpoint, &from))
+        else {
+            self.stats.unknown_peer += 1;
+            return;
+        };
+        let frame = match Frame::parse(bytes) {
+            Ok((frame, _)) => frame,
+            Err(error) => {
+                match error {
+                    WireError::UnsupportedVersion(_) => self.stats.bad_version += 1,
+                    WireError::UnknownKind(_) | WireError::UnknownFlags(_) => {
+                        self.stats.unknown_kind += 1;
+                    }
+                    _ => self.stats.malformed += 1,
+                }
+                return;
+            }
+        };
+        if frame.flags != Flags::NONE {
+            self.stats.unauthenticated += 1;
+            return;
+        }
+        self.peers[p].liveness.handle_frame(now);
+        let channel = frame.channel;
+        match frame.message {
+            Message::Heartbeat(heartbeat) => {
+                self.peers[p].liveness.handle_heartbeat(now, &heartbeat);
+                self.peer_events(now, p);
+            }
+            Message::SessionOpen(open) => self.handle_open(now, p, channel, &open),
+            Message::SessionReply(reply) => self.handle_session_reply(now, p, channel, reply),
+            Message::SessionClose(close) => self.handle_close(now, p, channel, close),
+            // Client -> server kinds: a served session.
+            Message::RpcCall(_)
+            | Message::Signal(_)
+            | Message::RomRequest(_)
+            | Message::RomAck(_)
+            | Message::RpcAck(crate::wire::rpc::RpcAck {
+                acked: Acked::Reply,
+                ..
+            }) => self.handle_served(now, p, channel, &frame.message),
+            // Server -> client kinds: a client session.
+            Message::RpcReply(_)
+            | Message::RpcAck(_)
+            | Message::SignalAck(_)
+            | Message::RomAnnounce(_)
+            | Message::RomChunk(_) => self.handle_client(now, p, channel, &frame.message),
+        }
+    }
+
+    fn peer_events(&mut self, now: Instant, p: usize) {
+        while let Some(event) = self.peers[p].liveness.poll_event(now) {
+            match event {
+                PeerEvent::Up { .. } => self.reopen_interrupted(now, p),
+                PeerEvent::Restarted { .. } => {
+                    // The peer lost every session, ours and its own.
+                    self.drop_served(p);
+                    self.interrupt_clients(now, p);
+                    self.reopen_interrupted(now, p);
+                }
+                PeerEvent::Down => {
+                    self.drop_served(p);
+                    self.interrupt_clients(now, p);
+                }
+            }
+            self.events.push_back(NodeEvent::Peer {
+                peer: PeerId(p),
+                event,
+            });
+        }
+    }
+
+    fn drop_served(&mut self, p: usize) {
+        let peer = &mut self.peers[p];
+        peer.served.clear();
+        peer.served_opens.clear();
+        peer.control.clear();
+        peer.assembling = 0;
+    }
+
+    /// Every open client session on peer `p` goes back to opening (sent
+    /// once the peer is up); pending calls fail as unreachable.
+    fn interrupt_clients(&mut self, now: Instant, p: usize) {
+        while let Some((_, id)) = self.peers[p].open.pop_first() {
+            self.interrupt(now, p, id);
+        }
+    }
+
+    /// Sends the SESSION_OPENs of `p`'s opening sessions now.
+    fn reopen_interrupted(&mut self, now: Instant, p: usize) {
+        let first = self.config.open_retransmit;
+        for client in self.peers[p].clients.values_mut() {
+            if let Phase::Opening {
+                next_send, backoff, ..
+            } = &mut client.phase
+            {
+                *next_send = now;
+                *backoff = first;
+            }
+        }
+    }
+
+    /// Session `id` lost its server-side state: fail what is pending and
+    /// open it again.
+    fn interrupt(&mut self, now: Instant, p: usize, id: SessionId) {
+        let open_id = self.fresh_open_id();
+        let peer = &mut self.peers[p];
+        let Some(client) = peer.clients.get_mut(&id) else {
+            return;
+        };
+        let error = CallError::Unreachable(format!("{} went down or restarted", peer.name));
+        fail_calls(&mut self.events, id, client, &error);
+        match &mut client.engine {
+            ClientEngine::Rpc(rpc) => {
+                **rpc = RpcClient::starting_at(self.config.rpc, rpc.next_request_id());
+            }
+            ClientEngine::Signal(senders) => {
+                // The new session's receiver starts from zero: carry over
+                // what was not acknowledged.
+                for sender in senders.values_mut() {
+                    let unacked = sender.submitted() - sender.acknowledged();
+                    let context = sender.context();
+                    *sender = SignalSender::new(context, self.config.signal_retransmit);
+                    sender.submit(unacked);
+                }
+            }
+            ClientEngine::Rom(receiver) => receiver.reset(now),
+        }
+        client.phase = Phase::Opening {
+            open_id,
+            next_send: now,
+            backoff: self.config.open_retransmit,
+        };
+        peer.opening.insert(open_id, id);
+        self.events
+            .push_back(NodeEvent::Interrupted { session: id });
+    }
+
+    fn handle_open(&mut self, now: Instant, p: usize, channel: u32, open: &SessionOpen<'_>) {
+        let limit = self.config.max_control_queue;
+        if channel != 0 {
+            self.stats.malformed += 1;
+            return;
+        }
+        let peer = &mut self.peers[p];
+        // A repeated open (our reply was lost) gets the same channel.
+        if let Some(&existing) = peer.served_opens.get(&open.open_id) {
+            peer.queue_control(
+                &mut self.stats,
+                limit,
+                existing,
+                Control::Reply {
+                    open_id: open.open_id,
+                    status: OpenStatus::Accepted,
+                },
+            );
+            return;
+        }
+        let export = self
+            .export_labels
+            .get(&(u8::from(open.service), open.label.to_owned()))
+            .copied();
+        let status = match export {
+            None => OpenStatus::NoRoute,
+            Some(_) if peer.served.len() >= self.config.max_sessions_per_peer => {
+                OpenStatus::Exhausted
+            }
+            Some(_) => OpenStatus::Accepted,
+        };
+        let Some(export) = export.filter(|_| status == OpenStatus::Accepted) else {
+            self.stats.refused_opens += 1;
+            peer.queue_control(
+                &mut self.stats,
+                limit,
+                0,
+                Control::Reply {
+                    open_id: open.open_id,
+                    status,
+                },
+            );
+            return;
+        };
+        let engine = match &self.exports[export.0] {
+            Export::Rpc(_) => ServedEngine::Rpc(Box::new(RpcServer::new(self.config.rpc))),
+            Export::Signal => ServedEngine::Signal(BTreeMap::new()),
+            Export::Rom(current) => ServedEngine::Rom(Box::new(RomSender::new(
+                self.config.rom,
+                u32::try_from(export.0).unwrap_or(u32::MAX),
+                Arc::clone(current),
+                now,
+            ))),
+        };
+        let channel = peer.allocate_channel();
+        peer.served.insert(
+            channel,
+            ServedSession {
+                export,
+                open_id: open.open_id,
+                engine,
+            },
+        );
+        peer.served_opens.insert(open.open_id, channel);
+        peer.queue_control(
+            &mut self.stats,
+            limit,
+            channel,
+            Control::Reply {
+                open_id: open.open_id,
+                status: OpenStatus::Accepted,
+            },
+        );
+    }
+
+    fn handle_session_reply(&mut self, now: Instant, p: usize, channel: u32, reply: SessionReply) {
+        let Some(id) = self.peers[p].opening.remove(&reply.open_id) else {
+            // A duplicate reply or one for a session given up: harmless.
+            return;
+        };
+        let Some(client) = self.peers[p].clients.get_mut(&id) else {
+            return;
+        };
+        if reply.status == OpenStatus::Accepted && channel != 0 {
+            client.phase = Phase::Open { channel };
+            if let Some(stale) = self.peers[p].open.insert(channel, id) {
+                // The server reused a channel we thought open: that
+                // session is gone on the server.
+                if stale != id {
+                    self.interrupt(now, p, stale);
+                }
+            }
+            self.events.push_back(NodeEvent::Opened { session: id });
+        } else {
+            client.phase = Phase::Closed;
+            let status = if reply.status == OpenStatus::Accepted {
+                OpenStatus::Unknown(0)
+            } else {
+                reply.status
+            };
+            self.events.push_back(NodeEvent::Closed {
+                session: id,
+                reason: CloseCause::Refused(status),
+            });
+        }
+    }
+
+    fn handle_close(&mut self, now: Instant, p: usize, channel: u32, close: SessionClose) {
+        match close.origin {
+            // The peer as client closes a session it opened here.
+            Origin::Client => {
+                let peer = &mut self.peers[p];
+                if let Some(served) = peer.served.remove(&channel) {
+                    peer.served_opens.remove(&served.open_id);
+                    if let ServedEngine::Rpc(server) = &served.engine {
+                        peer.assembling -= server.assembling_bytes();
+                    }
+                }
+            }
+            // The peer as server closes a session we opened.
+            Origin::Server => {
+                let Some(id) = self.peers[p].open.remove(&channel) else {
+                    return;
+                };
+                if close.reason == CloseReason::Unknown {
+                    // The server lost it (restart, our earlier close
+                    // crossing): open it again.
+                    self.interrupt(now, p, id);
+                } else if let Some(client) = self.peers[p].clients.get_mut(&id) {
+                    client.phase = Phase::Closed;
+                    fail_calls(
+                        &mut self.events,
+                        id,
+                        client,
+                        &CallError::Closed(format!("closed by the server: {:?}", close.reason)),
+                    );
+                    self.events.push_back(NodeEvent::Closed {
+                        session: id,
+                        reason: CloseCause::ClosedByServer(close.reason),
+                    });
+                }
+            }
+        }
+    }
+
+    fn unknown_session(&mut self, p: usize, channel: u32, origin: Origin) {
+        self.stats.unknown_session += 1;
+        let limit = self.config.max_control_queue;
+        // Tell the sender once per frame, within the queue's bound.
+        self.peers[p].queue_control(
+            &mut self.stats,
+            limit,
+            channel,
+            Control::Close {
+                reason: CloseReason::Unknown,
+                origin,
+            },
+        );
+    }
+
+    fn handle_served(&mut self, now: Instant, p: usize, channel: u32, message: &Message<'_>) {
+        let contexts = self.config.max_contexts_per_session;
+        let peer_cap = self.config.max_reassembly_per_peer;
+        let Peer {
+            served, assembling, ..
+        } = &mut self.peers[p];
+        let Some(served) = served.get_mut(&channel) else {
+            self.unknown_session(p, channel, Origin::Server);
+            return;
+        };
+        match (&mut served.engine, message) {
+            (ServedEngine::Rpc(server), Message::RpcCall(call)) => {
+                // One budget for all of the peer's sessions: a new message
+                // must fit in what its other unfinished messages leave.
+                if !server.knows(call.request_id)
+                    && *assembling + call.fragment.total_len as usize > peer_cap
+                {
+                    self.stats.rpc_dropped += 1;
+                    return;
+                }
+                let (before, dropped) = (server.assembling_bytes(), server.dropped);
+                server.handle_call(now, call);
+                *assembling = *assembling + server.assembling_bytes() - before;
+                self.stats.rpc_dropped += server.dropped - dropped;
+                let export = served.export;
+                let Export::Rpc(dispatcher) = &mut self.exports[export.0] else {
+                    return;
+                };
+                while let Some(ready) = server.poll_call() {
+                    let code = if ready.interface == dispatcher.interface_id() {
+                        dispatcher.dispatch(ready.opcode, &ready.args, &mut self.reply)
+                    } else {
+                        self.reply.clear();
+                        codes::INVALID_OBJECT
+                    };
+                    let data = core::mem::take(&mut self.reply);
+                    if server.complete(now, ready.request_id, code, data).is_err() {
+                        self.stats.reply_too_large += 1;
+                        let _ = server.complete(
+                            now,
+                            ready.request_id,
+                            codes::INVALID_OBJECT,
+                            Vec::new(),
+                        );
+                    }
+                }
+            }
+            (ServedEngine::Rpc(server), Message::RpcAck(ack)) => server.handle_ack(ack),
+            (ServedEngine::Signal(receivers), Message::Signal(signal)) => {
+                if !receivers.contains_key(&signal.context) && receivers.len() >= contexts {
+                    self.stats.too_many_contexts += 1;
+                    return;
+                }
+                let receiver = receivers
+                    .entry(signal.context)
+                    .or_insert_with(|| SignalReceiver::new(signal.context));
+                receiver.handle_signal(signal);
+                if let Some(count) = receiver.take() {
+                    self.events.push_back(NodeEvent::Signal {
+                        export: served.export,
+                        peer: PeerId(p),
+                        context: signal.context,
+                        count,
+                    });
+                }
+            }
+            (ServedEngine::Rom(sender), Message::RomRequest(request)) => {
+                let before = sender.stats().dropped;
+                sender.handle_request(now, request);
+                self.stats.rom_dropped += sender.stats().dropped - before;
+            }
+            (ServedEngine::Rom(sender), Message::RomAck(ack)) => {
+                let before = sender.stats().dropped;
+                sender.handle_ack(now, ack);
+                self.stats.rom_dropped += sender.stats().dropped - before;
+            }
+            _ => self.stats.wrong_service += 1,
+        }
+    }
+
+    fn handle_client(&mut self, now: Instant, p: usize, channel: u32, message: &Message<'_>) {
+        let Some(&id) = self.peers[p].open.get(&channel) else {
+            self.unknown_session(p, channel, Origin::Client);
+            return;
+        };
+        let Some(client) = self.peers[p].clients.get_mut(&id) else {
+            return;
+        };
+        match (&mut client.engine, message) {
+            (ClientEngine::Rpc(rpc), Message::RpcReply(reply)) => {
+                rpc.handle_reply(reply);
+                while let Some(outcome) = rpc.poll_event() {
+                    self.events.push_back(NodeEvent::CallDone {
+                        session: id,
+                        outcome,
+                    });
+                }
+            }
+            (ClientEngine::Rpc(rpc), Message::RpcAck(ack)) => rpc.handle_ack(ack),
+            (ClientEngine::Signal(senders), Message::SignalAck(ack)) => {
+                if let Some(sender) = senders.get_mut(&ack.context) {
+                    sender.handle_ack(ack);
+                }
+            }
+            (ClientEngine::Rom(receiver), Message::RomAnnounce(announce)) => {
+                receiver.handle_announce(now, announce);
+                rom_events(&mut self.events, id, receiver);
+            }
+            (ClientEngine::Rom(receiver), Message::RomChunk(chunk)) => {
+                let before = receiver.stats().dropped_chunks;
+                receiver.handle_chunk(now, chunk);
+                self.stats.rom_dropped += receiver.stats().dropped_chunks - before;
+                rom_events(&mut self.events, id, receiver);
+            }
+            _ => self.stats.wrong_service += 1,
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Sending
+    // ---------------------------------------------------------------
+
+    /// Writes the next frame due into `buf` (at most
+    /// [`NodeConfig::max_frame_len`] bytes); returns its destination and
+    /// length, or `None` when nothing is due. Peers and sessions take turns.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Endpoint, usize)> {
+        let count = self.peers.len();
+        for step in 0..count {
+            let p = (self.peer_turn + step) % count;
+            if let Some(len) = self.transmit_peer(now, p, buf) {
+                self.peer_turn = (p + 1) % count;
+                self.stats.frames_sent += 1;
+                return Some((self.peers[p].endpoint, len));
+            }
+        }
+        None
+    }
+
+    fn transmit_peer(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
+        self.peer_events(now, p);
+        let peer = &mut self.peers[p];
+        if let Some(heartbeat) = peer.liveness.poll_transmit(now) {
+            return emit(&mut peer.sequence, 0, Message::Heartbeat(heartbeat), buf);
+        }
+        if let Some((channel, control)) = peer.control.pop_front() {
+            let message = match control {
+                Control::Reply { open_id, status } => {
+                    Message::SessionReply(SessionReply { open_id, status })
+                }
+                Control::Close { reason, origin } => {
+                    Message::SessionClose(SessionClose { reason, origin })
+                }
+            };
+            return emit(&mut peer.sequence, channel, message, buf);
+        }
+        if let Some(len) = self.transmit_clients(now, p, buf) {
+            return Some(len);
+        }
+        self.transmit_served(now, p, buf)
+    }
+
+    fn transmit_clients(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
+        let Peer {
+            liveness,
+            sequence,
+            clients,
+            client_turn,
+            ..
+        } = &mut self.peers[p];
+        let down = liveness.state() == PeerState::Down;
+        let turn = *client_turn;
+        for range in [
+            (Bound::Included(turn), Bound::Unbounded),
+            (Bound::Unbounded, Bound::Excluded(turn)),
+        ] {
+            for (&id, client) in clients.range_mut(range) {
+                let len = match &mut client.phase {
+                    Phase::Opening {
+                        open_id,
+                        next_send,
+                        backoff,
+                    } => {
+                        if down || now < *next_send {
+                            continue;
+                        }
+                        *next_send = now + *backoff;
+                        *backoff = (*backoff * 2).min(Duration::from_secs(1));
+                        let message = Message::SessionOpen(SessionOpen {
+                            open_id: *open_id,
+                            service: client.service,
+                            label: &client.label,
+                        });
+                        emit(sequence, 0, message, buf)
+                    }
+                    Phase::Open { channel } => {
+                        let channel = *channel;
+                        let len = match client.poll_transmit(now) {
+                            Some(message) => emit(sequence, channel, message, buf),
+                            None => None,
+                        };
+                        // Timers may have ended calls (deadlines).
+                        if let ClientEngine::Rpc(rpc) = &mut client.engine {
+                            while let Some(outcome) = rpc.poll_event() {
+                                self.events.push_back(NodeEvent::CallDone {
+                                    session: id,
+                                    outcome,
+                                });
+                            }
+                        }
+                        if len.is_none() {
+                            continue;
+                        }
+                        len
+                    }
+                    Phase::Closed => continue,
+                };
+                *client_turn = SessionId(id.0 + 1);
+                return len;
+            }
+        }
+        None
+    }
+
+    fn transmit_served(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
+        let Peer {
+            sequence,
+            served,
+            served_turn,
+            assembling,
+            ..
+        } = &mut self.peers[p];
+        let turn = *served_turn;
+        for range in [
+            (Bound::Included(turn), Bound::Unbounded),
+            (Bound::Unbounded, Bound::Excluded(turn)),
+        ] {
+            for (&channel, session) in served.range_mut(range) {
+                if let ServedEngine::Rpc(server) = &mut session.engine {
+                    // Frees calls whose fragments stopped coming.
+                    let before = server.assembling_bytes();
+                    server.expire(now);
+                    *assembling -= before - server.assembling_bytes();
+                }
+                if let Some(message) = session.poll_transmit(now) {
+                    let len = emit(sequence, channel, message, buf);
+                    *served_turn = channel.wrapping_add(1);
+                    return len;
+                }
+            }
+        }
+        None
+    }
+
+    /// When [`Node::poll_transmit`] next has something to send without
+    /// new input (a heartbeat, a retransmission, a deadline).
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = Instant::from_nanos(u64::MAX);
+        for peer in &self.peers {
+            next = next.min(peer.liveness.poll_timeout());
+            if !peer.control.is_empty() {
+                next = Instant::ZERO;
+            }
+            for served in peer.served.values() {
+                if let Some(at) = served.poll_timeout() {
+                    next = next.min(at);
+                }
+            }
+        }
+        for client in self.peers.iter().flat_map(|p| p.clients.values()) {
+            match client.phase {
+                Phase::Opening { next_send, .. } => next = next.min(next_send),
+                Phase::Open { .. } => {
+                    if let Some(at) = client.poll_timeout() {
+                        next = next.min(at);
+                    }
+                }
+                Phase::Closed => {}
+            }
+        }
+        next
+    }
+}
+
+/// Whether two endpoints name the same node: by IPv4 address and port when
+/// known, else by Ethernet address.
+fn same_address(a: &Endpoint, b: &Endpoint) -> bool {
+    if a.ip.is_unspecified() || b.ip.is_unspecified() {
+        a.mac == b.mac
+    } else {
+        a.ip == b.ip && a.port == b.port
+    }
+}
+
+/// Emits one frame into the front of `buf`; `None` (and nothing sent) if
+/// it does not fit, which the sizes derived in [`Node::new`] rule out.
+fn emit(sequence: &mut u64, channel: u32, message: Message<'_>, buf: &mut [u8]) -> Option<usize> {
+    let frame = Frame {
+        flags: Flags::NONE,
+        channel,
+        sequence: *sequence,
+        message,
+    };
+    let len = frame.buffer_len();
+    if len > buf.len() {
+        return None;
+    }
+    *sequence = sequence.wrapping_add(1);
+    frame.emit(&mut buf[..len]);
+    Some(len)
+}
+
+fn fail_calls(
+    events: &mut VecDeque<NodeEvent>,
+    session: SessionId,
+    client: &mut ClientSession,
+    error: &CallError,
+) {
+    if let ClientEngine::Rpc(rpc) = &mut client.engine {
+        rpc.fail_all(error);
+        while let Some(outcome) = rpc.poll_event() {
+            events.push_back(NodeEvent::CallDone { session, outcome });
+        }
+    }
+}
+
+fn rom_events(events: &mut VecDeque<NodeEvent>, session: SessionId, receiver: &mut RomReceiver) {
+    while let Some(version) = receiver.poll_event() {
+        events.push_back(NodeEvent::RomChanged { session, version });
+    }
+}

@@ -1,0 +1,122 @@
+//! The state of one session at either end: the engines a session runs for
+//! its service, and how each end turns them into frame bodies.
+//!
+//! A *client* session is one this node opened on a peer (it calls, it
+//! subscribes, it transmits signals); a *served* session is one a peer
+//! opened here (this node executes, publishes, receives signals).
+
+use core::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::engine::rom::{RomReceiver, RomSender};
+use crate::engine::rpc::{RpcClient, RpcServer};
+use crate::engine::signal::{SignalReceiver, SignalSender};
+use crate::time::Instant;
+use crate::wire::session::Service;
+use crate::wire::Message;
+
+use super::ExportId;
+
+/// Where a client session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// SESSION_OPEN sent (or due at `next_send`), no answer yet.
+    Opening {
+        open_id: u32,
+        next_send: Instant,
+        backoff: Duration,
+    },
+    /// Accepted: the server calls it `channel`.
+    Open { channel: u32 },
+    /// Refused or closed for good; the application was told.
+    Closed,
+}
+
+/// The engines of a client session.
+#[derive(Debug)]
+pub(super) enum ClientEngine {
+    Rpc(Box<RpcClient>),
+    /// One sender per signal context.
+    Signal(BTreeMap<u32, SignalSender>),
+    Rom(Box<RomReceiver>),
+}
+
+/// A session this node opened on a peer.
+#[derive(Debug)]
+pub(super) struct ClientSession {
+    pub service: Service,
+    pub label: String,
+    pub phase: Phase,
+    pub engine: ClientEngine,
+}
+
+impl ClientSession {
+    /// The next frame body of this session's engine, if it has one. Only
+    /// open sessions send; their timers run regardless (see
+    /// [`ClientSession::poll_timers`]).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Message<'_>> {
+        match &mut self.engine {
+            ClientEngine::Rpc(client) => client.poll_transmit(now),
+            ClientEngine::Signal(senders) => senders
+                .values_mut()
+                .find_map(|sender| sender.poll_transmit(now))
+                .map(Message::Signal),
+            ClientEngine::Rom(receiver) => receiver.poll_transmit(now),
+        }
+    }
+
+    /// When this session's engine next wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.engine {
+            ClientEngine::Rpc(client) => client.poll_timeout(),
+            ClientEngine::Signal(senders) => senders
+                .values()
+                .filter_map(SignalSender::poll_timeout)
+                .min(),
+            ClientEngine::Rom(receiver) => receiver.poll_timeout(),
+        }
+    }
+}
+
+/// The engines of a served session.
+#[derive(Debug)]
+pub(super) enum ServedEngine {
+    Rpc(Box<RpcServer>),
+    /// One receiver per signal context, created on first use.
+    Signal(BTreeMap<u32, SignalReceiver>),
+    Rom(Box<RomSender>),
+}
+
+/// A session a peer opened on this node.
+#[derive(Debug)]
+pub(super) struct ServedSession {
+    pub export: ExportId,
+    pub open_id: u32,
+    pub engine: ServedEngine,
+}
+
+impl ServedSession {
+    /// The next frame body of this session's engine, if it has one.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Message<'_>> {
+        match &mut self.engine {
+            ServedEngine::Rpc(server) => server.poll_transmit(),
+            ServedEngine::Signal(receivers) => receivers
+                .values_mut()
+                .find_map(SignalReceiver::poll_transmit)
+                .map(Message::SignalAck),
+            ServedEngine::Rom(sender) => sender.poll_transmit(now),
+        }
+    }
+
+    /// When this session's engine next wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.engine {
+            ServedEngine::Rpc(_) | ServedEngine::Signal(_) => None,
+            ServedEngine::Rom(sender) => sender.poll_timeout(),
+        }
+    }
+}
+
+/// What a served ROM session shares with the module: the newest version.
+pub(super) type Content = Arc<crate::engine::rom::RomVersion>;

@@ -1,0 +1,737 @@
+//! The application's view of a node: a datapath thread that drives a
+//! [`Node`] over a [`Transport`], and thread-safe handles to talk to it.
+//!
+//! [`Runtime::spawn`] creates the transport *on* the datapath thread (a
+//! transport need not be `Send`) and runs the loop: receive a batch, let
+//! the node handle it (exported RPC dispatchers run inline here), send
+//! what is due, hand events to the handles. Application threads send
+//! commands through a `crossbeam` channel and unpark the thread.
+//!
+//! Handles:
+//!
+//! * [`RpcSession`]: a [`Caller`], so any interface's generated client
+//!   stub calls through it; a call blocks until its reply or a clear error.
+//! * [`SignalTransmitter`] (`submit`, never blocks) and [`SignalHandler`]
+//!   (`wait` blocks, `poll` does not; one wake-up carries the number of
+//!   submissions since the last).
+//! * [`RomPublisher`] (`publish(bytes)`, `remove`) and [`RomSubscriber`]
+//!   (`current`, and `wait_change` for change notification). A subscriber
+//!   only ever sees complete, verified versions.
+//!
+//! When idle the thread spins briefly, then parks for at most
+//! [`RuntimeConfig::idle_park`] or until its next timer; `idle_park` of
+//! zero busy-polls.
+
+use core::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::engine::peer::PeerState;
+use crate::engine::rom::RomVersion;
+use crate::marshal::{CallError, Caller, Dispatch};
+use crate::node::{
+    CloseCause, ExportId, Node, NodeConfig, NodeError, NodeEvent, NodeStats, SessionId,
+};
+use crate::time::{Instant, MonotonicClock};
+use crate::transport::{Transport, TransportError};
+use crate::wire::encap::Endpoint;
+use crate::wire::session::Service;
+
+/// How a runtime runs its node.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The node's configuration; `max_frame_len` is lowered to the
+    /// transport's if larger.
+    pub node: NodeConfig,
+    /// Peers by name and address.
+    pub peers: Vec<(String, Endpoint)>,
+    /// The clock (share one between nodes of one in-memory network).
+    pub clock: MonotonicClock,
+    /// Frames received per batch.
+    pub recv_budget: usize,
+    /// Longest park when idle; zero busy-polls.
+    pub idle_park: Duration,
+    /// How long opening a session may take before it is an error.
+    pub open_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    /// Defaults with `peers`.
+    pub fn new(peers: Vec<(String, Endpoint)>) -> RuntimeConfig {
+        RuntimeConfig {
+            node: NodeConfig::new(crate::transport::udp::UdpConfig::default().max_frame_len),
+            peers,
+            clock: MonotonicClock::new(),
+            recv_budget: 64,
+            idle_park: Duration::from_micros(200),
+            open_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The transport could not be created or failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The node refused the configuration or the request.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The datapath thread is gone.
+    #[error("the datapath thread has stopped")]
+    Stopped,
+    /// No such peer.
+    #[error("no peer named {0:?}")]
+    UnknownPeer(String),
+    /// The peer did not answer the session request in time.
+    #[error("opening {label:?} on {peer}: no answer within {timeout:?} (peer unreachable)")]
+    OpenTimeout {
+        /// The peer.
+        peer: String,
+        /// The label.
+        label: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The peer refused the session.
+    #[error("opening {label:?} on {peer}: {cause:?}")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// The label.
+        label: String,
+        /// Its answer.
+        cause: CloseCause,
+    },
+}
+
+type Command = Box<dyn FnOnce(&mut Driver, Instant) + Send>;
+type CallResult = Result<(i32, Vec<u8>), CallError>;
+
+/// The state shared by a signal handler and the datapath thread.
+#[derive(Debug, Default)]
+struct SignalShared {
+    pending: Mutex<u64>,
+    arrived: Condvar,
+}
+
+/// The state shared by a ROM subscriber and the datapath thread.
+#[derive(Debug, Default)]
+struct RomShared {
+    current: Mutex<Option<Arc<RomVersion>>>,
+    changed: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent even if a holder
+    // panicked (plain counters and Arc swaps).
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The datapath thread's state besides the node: who waits for what.
+struct Driver {
+    node: Node,
+    calls: HashMap<(SessionId, u64), Sender<CallResult>>,
+    opens: HashMap<SessionId, Sender<Result<(), CloseCause>>>,
+    signals: HashMap<ExportId, Arc<SignalShared>>,
+    roms: HashMap<SessionId, Arc<RomShared>>,
+}
+
+impl Driver {
+    fn handle_events(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                NodeEvent::CallDone { session, outcome } => {
+                    if let Some(waiter) = self.calls.remove(&(session, outcome.request_id)) {
+                        let _ = waiter.send(outcome.result);
+                    }
+                }
+                NodeEvent::Opened { session } => {
+                    if let Some(waiter) = self.opens.remove(&session) {
+                        let _ = waiter.send(Ok(()));
+                    }
+                }
+                NodeEvent::Closed { session, reason } => {
+                    if let Some(waiter) = self.opens.remove(&session) {
+                        let _ = waiter.send(Err(reason));
+                    }
+                }
+                NodeEvent::Signal { export, count, .. } => {
+                    if let Some(shared) = self.signals.get(&export) {
+                        *lock(&shared.pending) += count;
+                        shared.arrived.notify_all();
+                    }
+                }
+                NodeEvent::RomChanged { session, version } => {
+                    if let Some(shared) = self.roms.get(&session) {
+                        *lock(&shared.current) = Some(version);
+                        shared.changed.notify_all();
+                    }
+                }
+                NodeEvent::Peer { .. } | NodeEvent::Interrupted { .. } => {}
+            }
+        }
+    }
+}
+
+/// A running node (see the module documentation). Dropping it stops the
+/// datapath thread.
+#[derive(Debug)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+    thread: Option<JoinHandle<Result<NodeStats, TransportError>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    commands: Sender<Command>,
+    thread: std::thread::Thread,
+    stop: AtomicBool,
+    open_timeout: Duration,
+    call_timeout: Duration,
+    local: Endpoint,
+}
+
+impl Inner {
+    fn send(&self, command: Command) -> Result<(), RuntimeError> {
+        self.commands
+            .send(command)
+            .map_err(|_| RuntimeError::Stopped)?;
+        self.thread.unpark();
+        Ok(())
+    }
+
+    /// Runs `f` on the datapath thread and waits for its result.
+    fn request<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Driver, Instant) -> R + Send + 'static,
+    ) -> Result<R, RuntimeError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Box::new(move |driver, now| {
+            let _ = tx.send(f(driver, now));
+        }))?;
+        rx.recv().map_err(|_| RuntimeError::Stopped)
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        peer: &str,
+        service: Service,
+        label: &str,
+    ) -> Result<SessionId, RuntimeError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let owned = label.to_owned();
+        let name = peer.to_owned();
+        let session = self.request(move |driver, now| {
+            let p = driver
+                .node
+                .peer(&name)
+                .ok_or(RuntimeError::UnknownPeer(name))?;
+            let session = driver.node.open(now, p, service, &owned)?;
+            driver.opens.insert(session, tx);
+            Ok::<_, RuntimeError>(session)
+        })??;
+        let answer = rx.recv_timeout(self.open_timeout);
+        let fail = |error| {
+            let _ = self.send(Box::new(move |driver, _| {
+                driver.opens.remove(&session);
+                driver.node.close(session);
+            }));
+            Err(error)
+        };
+        match answer {
+            Ok(Ok(())) => Ok(session),
+            Ok(Err(cause)) => fail(RuntimeError::Refused {
+                peer: peer.to_owned(),
+                label: label.to_owned(),
+                cause,
+            }),
+            Err(_) => fail(RuntimeError::OpenTimeout {
+                peer: peer.to_owned(),
+                label: label.to_owned(),
+                timeout: self.open_timeout,
+            }),
+        }
+    }
+
+    fn close(&self, session: SessionId) {
+        let _ = self.send(Box::new(move |driver, _| {
+            driver.roms.remove(&session);
+            driver.node.close(session);
+        }));
+    }
+}
+
+impl Runtime {
+    /// Starts a datapath thread named `name` that creates its transport
+    /// with `make_transport`, adds the configured peers and runs until the
+    /// runtime is dropped. Returns once the transport exists.
+    pub fn spawn<T, F>(
+        name: &str,
+        config: RuntimeConfig,
+        make_transport: F,
+    ) -> Result<Runtime, RuntimeError>
+    where
+        T: Transport + 'static,
+        F: FnOnce() -> Result<T, TransportError> + Send + 'static,
+    {
+        let (commands, inbox) = crossbeam_channel::unbounded::<Command>();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<Endpoint, RuntimeError>>(1);
+        let (inner_tx, inner_rx) = crossbeam_channel::bounded::<Arc<Inner>>(1);
+        let open_timeout = config.open_timeout;
+        let call_timeout = config.node.rpc.call_timeout;
+        let thread_name = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let setup = || -> Result<(T, Driver), RuntimeError> {
+                    let transport =
+                        make_transport().map_err(|e| RuntimeError::Transport(e.to_string()))?;
+                    let mut node_config = config.node;
+                    node_config.max_frame_len =
+                        node_config.max_frame_len.min(transport.max_frame_len());
+                    let mut node = Node::new(node_config)?;
+                    let now = config.clock.now();
+                    for (peer, endpoint) in &config.peers {
+                        node.add_peer(now, peer, *endpoint)?;
+                    }
+                    Ok((
+                        transport,
+                        Driver {
+                            node,
+                            calls: HashMap::new(),
+                            opens: HashMap::new(),
+                            signals: HashMap::new(),
+                            roms: HashMap::new(),
+                        },
+                    ))
+                };
+                match setup() {
+                    Ok((transport, driver)) => {
+                        let _ = ready_tx.send(Ok(transport.local_endpoint()));
+                        match inner_rx.recv() {
+                            Ok(inner) => run(transport, driver, &inbox, &inner, &config),
+                            Err(_) => Ok(driver.node.stats()),
+                        }
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        Ok(NodeStats::default())
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Transport(format!("spawning the datapath thread: {e}")))?;
+        // The thread sets up the transport and reports its address; then
+        // it gets the shared state (with the stop flag) and runs.
+        let waker = thread.thread().clone();
+        let ready = ready_rx.recv().map_err(|_| RuntimeError::Stopped);
+        let local = match ready {
+            Ok(Ok(local)) => local,
+            Ok(Err(error)) | Err(error) => {
+                let _ = thread.join();
+                return Err(error);
+            }
+        };
+        let inner = Arc::new(Inner {
+            commands,
+            thread: waker,
+            stop: AtomicBool::new(false),
+            open_timeout,
+            call_timeout,
+            local,
+        });
+        let _ = inner_tx.send(Arc::clone(&inner));
+        Ok(Runtime {
+            inner,
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves RPC sessions labelled `label` with `dispatcher`, inline on
+    /// the datapath thread.
+    pub fn export_rpc(
+        &self,
+        label: &str,
+        dispatcher: impl Dispatch + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        let label = label.to_owned();
+        self.inner.request(move |driver, _| {
+            driver
+                .node
+                .export_rpc(&label, Box::new(dispatcher))
+                .map(|_| ())
+        })??;
+        Ok(())
+    }
+
+    /// Receives signals on sessions labelled `label`.
+    pub fn export_signal(&self, label: &str) -> Result<SignalHandler, RuntimeError> {
+        let label = label.to_owned();
+        let shared = Arc::new(SignalShared::default());
+        let theirs = Arc::clone(&shared);
+        self.inner.request(move |driver, _| {
+            let export = driver.node.export_signal(&label)?;
+            driver.signals.insert(export, theirs);
+            Ok::<_, NodeError>(())
+        })??;
+        Ok(SignalHandler { shared })
+    }
+
+    /// Publishes a ROM module labelled `label` (empty until the first
+    /// [`RomPublisher::publish`]).
+    pub fn export_rom(&self, label: &str) -> Result<RomPublisher, RuntimeError> {
+        let label = label.to_owned();
+        let module = self
+            .inner
+            .request(move |driver, _| driver.node.export_rom(&label))??;
+        Ok(RomPublisher {
+            inner: Arc::clone(&self.inner),
+            module,
+        })
+    }
+
+    /// Opens an RPC session labelled `label` on `peer`.
+    pub fn open_rpc(&self, peer: &str, label: &str) -> Result<RpcSession, RuntimeError> {
+        let session = self.inner.open(peer, Service::Rpc, label)?;
+        Ok(RpcSession {
+            inner: Arc::clone(&self.inner),
+            session,
+        })
+    }
+
+    /// Opens a signal session labelled `label` on `peer`.
+    pub fn open_signal(&self, peer: &str, label: &str) -> Result<SignalTransmitter, RuntimeError> {
+        let session = self.inner.open(peer, Service::Signal, label)?;
+        Ok(SignalTransmitter {
+            inner: Arc::clone(&self.inner),
+            session,
+        })
+    }
+
+    /// Subscribes to ROM module `label` on `peer`.
+    pub fn subscribe_rom(&self, peer: &str, label: &str) -> Result<RomSubscriber, RuntimeError> {
+        let shared = Arc::new(RomShared::default());
+        let session = self.inner.open(peer, Service::Rom, label)?;
+        let theirs = Arc::clone(&shared);
+        self.inner.request(move |driver, _| {
+            // A version may have completed between the open and now.
+            *lock(&theirs.current) = driver.node.rom_current(session);
+            driver.roms.insert(session, theirs);
+        })?;
+        Ok(RomSubscriber {
+            inner: Arc::clone(&self.inner),
+            session,
+            shared,
+        })
+    }
+
+    /// This node's address on its link.
+    pub fn local_endpoint(&self) -> Endpoint {
+        self.inner.local
+    }
+
+    /// Adds a peer (for peers whose address is known only after start).
+    pub fn add_peer(&self, name: &str, endpoint: Endpoint) -> Result<(), RuntimeError> {
+        let name = name.to_owned();
+        self.inner
+            .request(move |driver, now| driver.node.add_peer(now, &name, endpoint).map(|_| ()))??;
+        Ok(())
+    }
+
+    /// Whether peer `name` is up.
+    pub fn peer_state(&self, name: &str) -> Result<PeerState, RuntimeError> {
+        let name = name.to_owned();
+        self.inner
+            .request({
+                let name = name.clone();
+                move |driver, _| {
+                    driver
+                        .node
+                        .peer(&name)
+                        .and_then(|p| driver.node.peer_state(p))
+                }
+            })?
+            .ok_or(RuntimeError::UnknownPeer(name))
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> Result<NodeStats, RuntimeError> {
+        self.inner.request(|driver, _| driver.node.stats())
+    }
+
+    /// Stops the datapath thread; returns its final counters.
+    pub fn shutdown(mut self) -> Result<NodeStats, RuntimeError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<NodeStats, RuntimeError> {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.thread.unpark();
+        match self.thread.take() {
+            Some(thread) => match thread.join() {
+                Ok(result) => result.map_err(|e| RuntimeError::Transport(e.to_string())),
+                Err(_) => Err(RuntimeError::Stopped),
+            },
+            None => Err(RuntimeError::Stopped),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// The datapath loop.
+fn run<T: Transport>(
+    mut transport: T,
+    mut driver: Driver,
+    inbox: &Receiver<Command>,
+    inner: &Inner,
+    config: &RuntimeConfig,
+) -> Result<NodeStats, TransportError> {
+    const SPINS_BEFORE_PARK: u32 = 64;
+    let mut idle = 0u32;
+    while !inner.stop.load(Ordering::Acquire) {
+        let mut busy = false;
+        let now = config.clock.now();
+        while let Ok(command) = inbox.try_recv() {
+            command(&mut driver, now);
+            busy = true;
+        }
+        let node = &mut driver.node;
+        let received = transport.recv(now, config.recv_budget, &mut |from, bytes| {
+            node.handle_datagram(now, from, bytes);
+        })?;
+        busy |= received > 0;
+        loop {
+            let mut produced = false;
+            let node = &mut driver.node;
+            let room = transport.send(&mut |buf| {
+                let out = node.poll_transmit(now, buf);
+                produced = out.is_some();
+                out
+            })?;
+            if !room {
+                // The transport is full: hand it to the link and go on.
+                transport.flush(now)?;
+                busy = true;
+                continue;
+            }
+            if !produced {
+                break;
+            }
+            busy = true;
+        }
+        transport.flush(now)?;
+        driver.handle_events();
+        if busy {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if config.idle_park.is_zero() || idle < SPINS_BEFORE_PARK {
+            std::hint::spin_loop();
+            continue;
+        }
+        let until_timer = driver
+            .node
+            .poll_timeout()
+            .saturating_since(config.clock.now());
+        let park = config.idle_park.min(until_timer);
+        if !park.is_zero() {
+            std::thread::park_timeout(park);
+        }
+    }
+    Ok(driver.node.stats())
+}
+
+/// An open RPC session: a [`Caller`] for the interface's client stub.
+/// Closing (dropping) it closes the session.
+#[derive(Debug)]
+pub struct RpcSession {
+    inner: Arc<Inner>,
+    session: SessionId,
+}
+
+impl Caller for RpcSession {
+    fn call(
+        &mut self,
+        interface: u32,
+        opcode: u16,
+        args: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<i32, CallError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let session = self.session;
+        let args = args.to_vec();
+        self.inner
+            .send(Box::new(move |driver, now| {
+                match driver.node.call(now, session, interface, opcode, args) {
+                    Ok(request_id) => {
+                        driver.calls.insert((session, request_id), tx);
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(error));
+                    }
+                }
+            }))
+            .map_err(|_| CallError::Closed("the node has stopped".into()))?;
+        // The engine ends every call by its deadline; the margin only
+        // guards against a stopped thread.
+        match rx.recv_timeout(self.inner.call_timeout + Duration::from_secs(1)) {
+            Ok(Ok((code, data))) => {
+                *reply = data;
+                Ok(code)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+}
+
+impl Drop for RpcSession {
+    fn drop(&mut self) {
+        self.inner.close(self.session);
+    }
+}
+
+/// The transmitting end of a signal session.
+#[derive(Debug)]
+pub struct SignalTransmitter {
+    inner: Arc<Inner>,
+    session: SessionId,
+}
+
+impl SignalTransmitter {
+    /// Submits one signal to context 0. Never blocks.
+    pub fn submit(&self) -> Result<(), RuntimeError> {
+        self.submit_many(0, 1)
+    }
+
+    /// Submits `count` signals to `context`. Never blocks.
+    pub fn submit_many(&self, context: u32, count: u64) -> Result<(), RuntimeError> {
+        let session = self.session;
+        self.inner.send(Box::new(move |driver, _| {
+            let _ = driver.node.submit(session, context, count);
+        }))
+    }
+}
+
+impl Drop for SignalTransmitter {
+    fn drop(&mut self) {
+        self.inner.close(self.session);
+    }
+}
+
+/// The receiving end of an exported signal service: wake-ups carrying the
+/// number of submissions since the last one (all contexts together).
+#[derive(Debug, Clone)]
+pub struct SignalHandler {
+    shared: Arc<SignalShared>,
+}
+
+impl SignalHandler {
+    /// Submissions since the last wake-up, without blocking.
+    pub fn poll(&self) -> Option<u64> {
+        let count = core::mem::take(&mut *lock(&self.shared.pending));
+        (count > 0).then_some(count)
+    }
+
+    /// Blocks until signals arrive; returns how many since the last wake-up.
+    pub fn wait(&self) -> u64 {
+        let mut pending = lock(&self.shared.pending);
+        while *pending == 0 {
+            pending = self
+                .shared
+                .arrived
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        core::mem::take(&mut *pending)
+    }
+
+    /// Like [`SignalHandler::wait`], giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<u64> {
+        let pending = lock(&self.shared.pending);
+        let (mut pending, _) = self
+            .shared
+            .arrived
+            .wait_timeout_while(pending, timeout, |p| *p == 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = core::mem::take(&mut *pending);
+        (count > 0).then_some(count)
+    }
+}
+
+/// The publishing end of an exported ROM module.
+#[derive(Debug)]
+pub struct RomPublisher {
+    inner: Arc<Inner>,
+    module: ExportId,
+}
+
+impl RomPublisher {
+    /// Makes `content` the module's newest version; returns the version.
+    pub fn publish(&self, content: Vec<u8>) -> Result<u64, RuntimeError> {
+        let module = self.module;
+        Ok(self
+            .inner
+            .request(move |driver, now| driver.node.publish(now, module, Some(content)))??)
+    }
+
+    /// Removes the module (subscribers see the state "removed").
+    pub fn remove(&self) -> Result<u64, RuntimeError> {
+        let module = self.module;
+        Ok(self
+            .inner
+            .request(move |driver, now| driver.node.publish(now, module, None))??)
+    }
+}
+
+/// A subscription to a remote ROM module.
+#[derive(Debug)]
+pub struct RomSubscriber {
+    inner: Arc<Inner>,
+    session: SessionId,
+    shared: Arc<RomShared>,
+}
+
+impl RomSubscriber {
+    /// The current version: complete and verified, never partial.
+    pub fn current(&self) -> Option<Arc<RomVersion>> {
+        lock(&self.shared.current).clone()
+    }
+
+    /// Blocks until the current version differs from `seen` (a version
+    /// number, or `None` for "nothing yet") or `timeout` passes; returns
+    /// the current version either way.
+    pub fn wait_change(&self, seen: Option<u64>, timeout: Duration) -> Option<Arc<RomVersion>> {
+        let current = lock(&self.shared.current);
+        let (current, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(current, timeout, |c| c.as_ref().map(|v| v.version) == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        current.clone()
+    }
+}
+
+impl Drop for RomSubscriber {
+    fn drop(&mut self) {
+        self.inner.close(self.session);
+    }
+}
+
+/// Peers of a runtime as `(name, endpoint)` pairs, for [`RuntimeConfig::new`].
+pub fn peers<'a>(list: impl IntoIterator<Item = (&'a str, Endpoint)>) -> Vec<(String, Endpoint)> {
+    list.into_iter().map(|(n, e)| (n.to_owned(), e)).collect()
+}

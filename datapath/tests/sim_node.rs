@@ -1,0 +1,746 @@
+//! Whole nodes on the in-memory network, in virtual time: sessions opened
+//! by label, RPC, signals and ROM modules together under loss,
+//! duplication and reordering; peers that die, restart and come back;
+//! hostile frames. Deterministic (seeded) and fast.
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "test payloads are wrapping byte patterns"
+)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use xrelay_datapath::engine::peer::PeerEvent;
+use xrelay_datapath::engine::rom::RomVersion;
+use xrelay_datapath::example::{KvStoreServer, MemoryStore};
+use xrelay_datapath::marshal::CallError;
+use xrelay_datapath::node::{CloseCause, ExportId, Node, NodeConfig, NodeEvent, PeerId, SessionId};
+use xrelay_datapath::time::Instant;
+use xrelay_datapath::transport::mem::{host_endpoint, Faults, MemNetwork, MemTransport};
+use xrelay_datapath::transport::Transport;
+use xrelay_datapath::wire::rom::RomState;
+use xrelay_datapath::wire::session::{OpenStatus, Service};
+
+const STEP: Duration = Duration::from_micros(100);
+
+/// Interface id of the echo dispatcher below.
+const ECHO: u32 = 77;
+
+/// A dispatcher that returns its arguments reversed (opcode 0), raises
+/// -1000 (opcode 1), and counts executions per argument string.
+struct Echo {
+    executions: Arc<std::sync::Mutex<HashMap<Vec<u8>, u32>>>,
+}
+
+impl xrelay_datapath::marshal::Dispatch for Echo {
+    fn interface_id(&self) -> u32 {
+        ECHO
+    }
+
+    fn dispatch(&mut self, opcode: u16, args: &[u8], reply: &mut Vec<u8>) -> i32 {
+        *self
+            .executions
+            .lock()
+            .unwrap()
+            .entry(args.to_vec())
+            .or_default() += 1;
+        reply.clear();
+        match opcode {
+            0 => {
+                reply.extend(args.iter().rev());
+                0
+            }
+            1 => -1000,
+            _ => -2,
+        }
+    }
+}
+
+struct Host {
+    node: Node,
+    link: MemTransport,
+    events: Vec<NodeEvent>,
+}
+
+struct Sim {
+    network: MemNetwork,
+    hosts: Vec<Host>,
+    now: Instant,
+}
+
+fn config(seed: u64) -> NodeConfig {
+    let mut config = NodeConfig::new(1472);
+    config.incarnation = seed;
+    config.initial_sequence = 1;
+    config
+}
+
+impl Sim {
+    /// Hosts 1..=n, each with every other host as a peer named `h<i>`.
+    fn new(seed: u64, faults: Faults, n: u8) -> Sim {
+        let network = MemNetwork::new(seed, faults, 1500);
+        let mut sim = Sim {
+            network,
+            hosts: Vec::new(),
+            now: Instant::from_nanos(1_000_000),
+        };
+        for host in 1..=n {
+            let h = sim.make_host(host, n, seed * 100 + u64::from(host));
+            sim.hosts.push(h);
+        }
+        sim
+    }
+
+    fn make_host(&self, host: u8, n: u8, incarnation: u64) -> Host {
+        let mut node = Node::new(config(incarnation)).unwrap();
+        for other in (1..=n).filter(|&o| o != host) {
+            node.add_peer(self.now, &format!("h{other}"), host_endpoint(other))
+                .unwrap();
+        }
+        Host {
+            node,
+            link: self.network.attach(host),
+            events: Vec::new(),
+        }
+    }
+
+    /// Host `i` (1-based) starts afresh: new incarnation, no state.
+    fn restart(&mut self, host: u8, incarnation: u64) {
+        let n = u8::try_from(self.hosts.len()).unwrap();
+        self.hosts[usize::from(host - 1)] = self.make_host(host, n, incarnation);
+    }
+
+    fn host(&mut self, host: u8) -> &mut Host {
+        &mut self.hosts[usize::from(host - 1)]
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        for host in &mut self.hosts {
+            let node = &mut host.node;
+            host.link
+                .recv(now, 256, &mut |from, bytes| {
+                    node.handle_datagram(now, from, bytes)
+                })
+                .unwrap();
+            loop {
+                let mut produced = false;
+                let room = host
+                    .link
+                    .send(&mut |buf| {
+                        let out = node.poll_transmit(now, buf);
+                        produced = out.is_some();
+                        out
+                    })
+                    .unwrap();
+                if !room {
+                    host.link.flush(now).unwrap();
+                    continue;
+                }
+                if !produced {
+                    break;
+                }
+            }
+            host.link.flush(now).unwrap();
+            while let Some(event) = node.poll_event() {
+                host.events.push(event);
+            }
+        }
+        self.now += STEP;
+    }
+
+    /// Steps until `done` or `limit` of virtual time.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    fn open(&mut self, host: u8, peer: &str, service: Service, label: &str) -> SessionId {
+        let now = self.now;
+        let h = self.host(host);
+        let peer = h.node.peer(peer).unwrap();
+        let session = h.node.open(now, peer, service, label).unwrap();
+        assert!(
+            self.run_until(Duration::from_secs(2), |sim| sim
+                .host(host)
+                .node
+                .is_open(session)),
+            "session {label} did not open"
+        );
+        session
+    }
+}
+
+fn calls_done(events: &[NodeEvent]) -> HashMap<u64, Result<(i32, Vec<u8>), CallError>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::CallDone { outcome, .. } => {
+                Some((outcome.request_id, outcome.result.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn echo_export(sim: &mut Sim, host: u8) -> Arc<std::sync::Mutex<HashMap<Vec<u8>, u32>>> {
+    let executions = Arc::default();
+    let echo = Echo {
+        executions: Arc::clone(&executions),
+    };
+    sim.host(host)
+        .node
+        .export_rpc("echo", Box::new(echo))
+        .unwrap();
+    executions
+}
+
+#[test]
+fn everything_at_once_under_loss_reordering_and_duplication() {
+    for seed in [3, 4] {
+        let mut sim = Sim::new(seed, Faults::lossy(0.15), 2);
+        let executions = echo_export(&mut sim, 2);
+        let signals = sim.host(2).node.export_signal("events").unwrap();
+        let module = sim.host(2).node.export_rom("config").unwrap();
+        let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+        let sig = sim.open(1, "h2", Service::Signal, "events");
+        let rom = sim.open(1, "h2", Service::Rom, "config");
+
+        // 200 calls in flight 40 at a time, some fragmented, some raising.
+        let mut expected = HashMap::new();
+        let mut next = 0u32;
+        let mut submitted = 0u64;
+        let mut published = HashMap::new();
+        let done = sim.run_until(Duration::from_secs(30), |sim| {
+            let now = sim.now;
+            let h = sim.host(1);
+            let open = h.node.is_open(rpc);
+            let finished = calls_done(&h.events).len();
+            while open && next < 200 && (next as usize) < finished + 40 {
+                let len = (next as usize * 131) % 6000;
+                let args: Vec<u8> = (0..len)
+                    .map(|j| (j as u32 ^ next) as u8)
+                    .chain(next.to_le_bytes())
+                    .collect();
+                let opcode = u16::from(next.is_multiple_of(7));
+                let id = h.node.call(now, rpc, ECHO, opcode, args.clone()).unwrap();
+                expected.insert(id, (opcode, args));
+                next += 1;
+            }
+            if submitted < 1000 && now.as_nanos() % 1_000_000 == 0 {
+                h.node.submit(sig, 0, 50).unwrap();
+                submitted += 50;
+            }
+            if published.len() < 4 && now.as_nanos() % 7_000_000 == 0 {
+                let data: Vec<u8> = (0..(published.len() + 1) * 300_000)
+                    .map(|i| (i * 7 + published.len()) as u8)
+                    .collect();
+                let hash = *blake3::hash(&data).as_bytes();
+                let v = sim.host(2).node.publish(now, module, Some(data)).unwrap();
+                published.insert(v, hash);
+            }
+            let newest = published.keys().max().copied();
+            let rom_done =
+                newest.is_some() && sim.host(1).node.rom_current(rom).map(|v| v.version) == newest;
+            let delivered: u64 = sim
+                .host(2)
+                .events
+                .iter()
+                .map(|e| match e {
+                    NodeEvent::Signal { count, .. } => *count,
+                    _ => 0,
+                })
+                .sum();
+            next == 200
+                && calls_done(&sim.host(1).events).len() == 200
+                && submitted == 1000
+                && delivered == 1000
+                && published.len() == 4
+                && rom_done
+        });
+        assert!(done, "seed {seed}: not everything finished");
+
+        // RPC: exactly one end per call, the right result, at most one execution.
+        let results = calls_done(&sim.host(1).events);
+        for (id, (opcode, args)) in &expected {
+            let result = results[id].as_ref().unwrap();
+            if *opcode == 1 {
+                assert_eq!(result.0, -1000);
+            } else {
+                let reversed: Vec<u8> = args.iter().rev().copied().collect();
+                assert_eq!(result, &(0, reversed));
+            }
+            assert_eq!(
+                executions.lock().unwrap()[args],
+                1,
+                "executed more than once"
+            );
+        }
+        // Signals: delivered equals submitted, never more.
+        let delivered: u64 = sim
+            .host(2)
+            .events
+            .iter()
+            .map(|e| match e {
+                NodeEvent::Signal { export, count, .. } => {
+                    assert_eq!(*export, signals);
+                    *count
+                }
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(delivered, submitted);
+        // ROM: each version seen is complete and what was published; the
+        // last is the newest.
+        let seen: Vec<Arc<RomVersion>> = sim
+            .host(1)
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                NodeEvent::RomChanged { version, .. } => Some(Arc::clone(version)),
+                _ => None,
+            })
+            .collect();
+        let mut previous = 0;
+        for v in &seen {
+            assert!(v.version > previous);
+            previous = v.version;
+            assert_eq!(blake3::hash(&v.data).as_bytes(), &v.hash);
+            if v.version > 1 {
+                assert_eq!(published[&v.version], v.hash);
+            }
+        }
+        assert_eq!(Some(previous), published.keys().max().copied());
+        let stats = sim.host(1).node.stats();
+        assert_eq!(stats.malformed + stats.unknown_peer, 0, "{stats:?}");
+    }
+}
+
+#[test]
+fn unknown_labels_are_refused_and_the_application_is_told() {
+    let mut sim = Sim::new(1, Faults::default(), 2);
+    let now = sim.now;
+    let h = sim.host(1);
+    let peer = h.node.peer("h2").unwrap();
+    let session = h.node.open(now, peer, Service::Rpc, "nobody").unwrap();
+    sim.run_until(Duration::from_secs(1), |sim| !sim.host(1).events.is_empty());
+    assert!(sim.host(1).events.iter().any(|e| matches!(
+        e,
+        NodeEvent::Closed { session: s, reason: CloseCause::Refused(OpenStatus::NoRoute) } if *s == session
+    )));
+    assert_eq!(sim.host(2).node.stats().refused_opens, 1);
+    let now = sim.now;
+    assert!(matches!(
+        sim.host(1).node.call(now, session, 1, 0, vec![]),
+        Err(CallError::Closed(_))
+    ));
+}
+
+#[test]
+fn calls_to_a_dead_peer_fail_as_unreachable_within_the_dead_time() {
+    let mut sim = Sim::new(2, Faults::default(), 2);
+    echo_export(&mut sim, 2);
+    let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+    sim.run_until(Duration::from_millis(300), |_| false);
+    sim.network.set_host_up(2, false);
+    let now = sim.now;
+    let id = sim
+        .host(1)
+        .node
+        .call(now, rpc, ECHO, 0, vec![1, 2, 3])
+        .unwrap();
+    let dead_after = sim.host(1).node.config().liveness.dead_after;
+    let started = sim.now;
+    assert!(sim.run_until(Duration::from_secs(10), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    let took = sim.now - started;
+    assert!(
+        took <= dead_after + Duration::from_millis(5),
+        "took {took:?}"
+    );
+    assert!(matches!(
+        calls_done(&sim.host(1).events)[&id],
+        Err(CallError::Unreachable(_))
+    ));
+    assert!(sim.host(1).events.iter().any(|e| matches!(
+        e,
+        NodeEvent::Peer {
+            peer: PeerId(0),
+            event: PeerEvent::Down
+        }
+    )));
+    // New calls fail at once while the peer is down.
+    let now = sim.now;
+    assert!(matches!(
+        sim.host(1).node.call(now, rpc, ECHO, 0, vec![]),
+        Err(CallError::Unreachable(_))
+    ));
+    // When it comes back, the session reopens by itself and works.
+    sim.network.set_host_up(2, true);
+    assert!(sim.run_until(Duration::from_secs(5), |sim| sim.host(1).node.is_open(rpc)));
+    let now = sim.now;
+    let id = sim
+        .host(1)
+        .node
+        .call(now, rpc, ECHO, 0, vec![9, 8])
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(1).events)[&id], Ok((0, vec![8, 9])));
+}
+
+#[test]
+fn a_restarted_server_is_reopened_and_a_restarted_publisher_converges() {
+    let mut sim = Sim::new(5, Faults::lossy(0.1), 2);
+    echo_export(&mut sim, 2);
+    let module = sim.host(2).node.export_rom("config").unwrap();
+    let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+    let rom = sim.open(1, "h2", Service::Rom, "config");
+    let now = sim.now;
+    sim.host(2)
+        .node
+        .publish(now, module, Some(vec![7; 100_000]))
+        .unwrap();
+    sim.host(2)
+        .node
+        .publish(now, module, Some(vec![8; 200_000]))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        sim.host(1)
+            .node
+            .rom_current(rom)
+            .is_some_and(|v| v.version == 3)
+    }));
+
+    // Host 2 restarts with new content at a *lower* version number.
+    sim.restart(2, 999);
+    echo_export(&mut sim, 2);
+    let module = sim.host(2).node.export_rom("config").unwrap();
+    let now = sim.now;
+    let fresh: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    let v = sim
+        .host(2)
+        .node
+        .publish(now, module, Some(fresh.clone()))
+        .unwrap();
+    assert_eq!(v, 2);
+    assert!(
+        sim.run_until(Duration::from_secs(10), |sim| {
+            sim.host(1)
+                .node
+                .rom_current(rom)
+                .is_some_and(|v| v.data == fresh)
+        }),
+        "the subscriber did not converge on the restarted publisher's content"
+    );
+    assert!(sim.host(1).events.iter().any(|e| matches!(
+        e,
+        NodeEvent::Peer {
+            event: PeerEvent::Restarted { incarnation: 999 },
+            ..
+        }
+    )));
+    // The RPC session was reopened too.
+    assert!(sim.run_until(Duration::from_secs(5), |sim| sim.host(1).node.is_open(rpc)));
+    let now = sim.now;
+    let id = sim
+        .host(1)
+        .node
+        .call(now, rpc, ECHO, 0, vec![1, 2])
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(1).events)[&id], Ok((0, vec![2, 1])));
+}
+
+#[test]
+fn late_and_multiple_subscribers_get_the_current_version_and_removal() {
+    let mut sim = Sim::new(6, Faults::lossy(0.1), 3);
+    let module = sim.host(1).node.export_rom("config").unwrap();
+    let now = sim.now;
+    let data: Vec<u8> = (0..500_000u32).map(|i| (i / 3) as u8).collect();
+    let v = sim
+        .host(1)
+        .node
+        .publish(now, module, Some(data.clone()))
+        .unwrap();
+    let sub2 = sim.open(2, "h1", Service::Rom, "config");
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        sim.host(2)
+            .node
+            .rom_current(sub2)
+            .is_some_and(|c| c.version == v)
+    }));
+    // Host 3 subscribes late and still gets the current version at once.
+    let sub3 = sim.open(3, "h1", Service::Rom, "config");
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        sim.host(3)
+            .node
+            .rom_current(sub3)
+            .is_some_and(|c| c.version == v)
+    }));
+    assert_eq!(sim.host(3).node.rom_current(sub3).unwrap().data, data);
+    // Removal and empty content are states both see.
+    let now = sim.now;
+    let removed = sim.host(1).node.publish(now, module, None).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| {
+        [(2, sub2), (3, sub3)].iter().all(|&(h, s)| {
+            sim.host(h)
+                .node
+                .rom_current(s)
+                .is_some_and(|c| c.version == removed && c.state == RomState::Removed)
+        })
+    }));
+    let now = sim.now;
+    let empty = sim
+        .host(1)
+        .node
+        .publish(now, module, Some(Vec::new()))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| {
+        [(2, sub2), (3, sub3)].iter().all(|&(h, s)| {
+            sim.host(h).node.rom_current(s).is_some_and(|c| {
+                c.version == empty && c.state == RomState::Valid && c.data.is_empty()
+            })
+        })
+    }));
+}
+
+#[test]
+fn the_kv_interface_works_through_nodes() {
+    use xrelay_datapath::example::KvStoreOpcode;
+    use xrelay_datapath::marshal::to_vec;
+    let mut sim = Sim::new(7, Faults::lossy(0.1), 2);
+    sim.host(2)
+        .node
+        .export_rpc("kv", Box::new(KvStoreServer(MemoryStore::new(10))))
+        .unwrap();
+    let rpc = sim.open(1, "h2", Service::Rpc, "kv");
+    let now = sim.now;
+    let args = to_vec(&("k".to_owned(), vec![1u8, 2, 3]));
+    let id = sim
+        .host(1)
+        .node
+        .call(
+            now,
+            rpc,
+            KvStoreOpcode::INTERFACE_ID,
+            KvStoreOpcode::Put.code(),
+            args,
+        )
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(1).events)[&id].as_ref().unwrap().0, 0);
+    // A call for another interface on this session: INVALID_OBJECT.
+    let now = sim.now;
+    let id = sim.host(1).node.call(now, rpc, 12345, 0, vec![]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(1).events)[&id], Ok((-1, vec![])));
+}
+
+#[test]
+fn export_ids_are_distinct() {
+    let mut sim = Sim::new(8, Faults::default(), 2);
+    let a = sim.host(1).node.export_signal("a").unwrap();
+    let b = sim.host(1).node.export_signal("b").unwrap();
+    assert_ne!(a, b);
+    assert!(sim.host(1).node.export_signal("a").is_err());
+    let _: ExportId = sim.host(1).node.export_rom("a").unwrap();
+}
+
+/// Sends raw relay bytes from host `from`'s link to host `to`.
+fn inject(sim: &mut Sim, from: u8, to: u8, bytes: &[u8]) {
+    let now = sim.now;
+    let link = &mut sim.host(from).link;
+    assert!(link
+        .send(&mut |buf| {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Some((host_endpoint(to), bytes.len()))
+        })
+        .unwrap());
+    link.flush(now).unwrap();
+}
+
+fn frame_bytes(channel: u32, message: xrelay_datapath::wire::Message<'_>) -> Vec<u8> {
+    let frame = xrelay_datapath::wire::Frame {
+        flags: xrelay_datapath::wire::Flags::NONE,
+        channel,
+        sequence: 1,
+        message,
+    };
+    let mut out = vec![0; frame.buffer_len()];
+    frame.emit(&mut out);
+    out
+}
+
+#[test]
+fn hostile_frames_are_counted_drops_and_memory_stays_bounded() {
+    use xrelay_datapath::wire::rpc::{Fragment, RpcCall};
+    use xrelay_datapath::wire::signal::Signal;
+    use xrelay_datapath::wire::Message;
+
+    // Host 1 misbehaves, host 3 is an honest peer of host 2.
+    let mut sim = Sim::new(9, Faults::default(), 3);
+    echo_export(&mut sim, 2);
+    let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+    let honest = sim.open(3, "h2", Service::Rpc, "echo");
+    let signal = frame_bytes(
+        1,
+        Message::Signal(Signal {
+            context: 1,
+            count: 5,
+        }),
+    );
+    let before = sim.host(2).node.stats();
+
+    // Truncated, a length pointing past the end, unknown kind, unknown
+    // version, an authenticated frame without keys, a session frame for
+    // a channel nobody opened, an open on a non-zero channel.
+    inject(&mut sim, 1, 2, &signal[..10]);
+    let mut long = signal.clone();
+    long[6] = 0xff;
+    inject(&mut sim, 1, 2, &long);
+    let mut kind = signal.clone();
+    kind[4] = 0x7f;
+    inject(&mut sim, 1, 2, &kind);
+    let mut version = signal.clone();
+    version[2] = 9;
+    inject(&mut sim, 1, 2, &version);
+    let mut auth = signal.clone();
+    auth[5] = 0x01;
+    auth.extend_from_slice(&[0; 16]);
+    inject(&mut sim, 1, 2, &auth);
+    inject(
+        &mut sim,
+        1,
+        2,
+        &frame_bytes(
+            99,
+            Message::Signal(Signal {
+                context: 1,
+                count: 5,
+            }),
+        ),
+    );
+    // A frame from a host that is not a configured peer.
+    let mut stranger = sim.network.attach(4);
+    let now = sim.now;
+    stranger
+        .send(&mut |buf| {
+            buf[..signal.len()].copy_from_slice(&signal);
+            Some((host_endpoint(2), signal.len()))
+        })
+        .unwrap();
+    stranger.flush(now).unwrap();
+    let link_drops = sim.host(2).link.drops();
+    for _ in 0..5 {
+        sim.step();
+    }
+    let after = sim.host(2).node.stats();
+    // The truncated frame, the one whose length points past its end and
+    // the unknown version are refused by the link, which checks every
+    // datagram's relay header before the node sees it.
+    assert_eq!(sim.host(2).link.drops() - link_drops, 3, "{after:?}");
+    assert_eq!(after.malformed - before.malformed, 0, "{after:?}");
+    assert_eq!(after.unknown_kind - before.unknown_kind, 1);
+    assert_eq!(after.unauthenticated - before.unauthenticated, 1);
+    assert_eq!(after.unknown_session - before.unknown_session, 1);
+    assert_eq!(after.unknown_peer - before.unknown_peer, 1);
+    assert_eq!(after.wrong_service - before.wrong_service, 0);
+    // A SIGNAL on the RPC session's channel: wrong service, counted.
+    inject(&mut sim, 1, 2, &signal);
+    sim.step();
+    assert_eq!(
+        sim.host(2).node.stats().wrong_service - before.wrong_service,
+        1
+    );
+
+    // First fragments of 16 MiB calls that never complete: the peer's
+    // budget (64 MiB) admits four, refuses the rest, and frees them once
+    // they are stale.
+    let data = vec![0u8; 1000];
+    for i in 0..6u64 {
+        let call = RpcCall {
+            request_id: 1_000_000 + i,
+            interface: ECHO,
+            opcode: 0,
+            fragment: Fragment {
+                index: 0,
+                count: 16 * 1024,
+                offset: 0,
+                total_len: 16 * 1024 * 1024,
+            },
+            data: &data,
+        };
+        inject(&mut sim, 1, 2, &frame_bytes(1, Message::RpcCall(call)));
+    }
+    sim.step();
+    sim.step();
+    let dropped = sim.host(2).node.stats().rpc_dropped;
+    assert_eq!(dropped, 2, "{:?}", sim.host(2).node.stats());
+    // Another peer's calls are not disturbed; the flooding peer's own
+    // calls wait until its stale fragments expire.
+    let now = sim.now;
+    let id = sim
+        .host(3)
+        .node
+        .call(now, honest, ECHO, 0, vec![4, 5])
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(2), |sim| calls_done(
+        &sim.host(3).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(3).events)[&id], Ok((0, vec![5, 4])));
+    sim.run_until(Duration::from_secs(16), |_| false);
+    let now = sim.now;
+    let id = sim
+        .host(1)
+        .node
+        .call(now, rpc, ECHO, 0, vec![6, 7])
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(2), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(1).events)[&id], Ok((0, vec![7, 6])));
+    for i in 10..14u64 {
+        let call = RpcCall {
+            request_id: 1_000_000 + i,
+            interface: ECHO,
+            opcode: 0,
+            fragment: Fragment {
+                index: 0,
+                count: 16 * 1024,
+                offset: 0,
+                total_len: 16 * 1024 * 1024,
+            },
+            data: &data,
+        };
+        inject(&mut sim, 1, 2, &frame_bytes(1, Message::RpcCall(call)));
+    }
+    sim.step();
+    assert_eq!(
+        sim.host(2).node.stats().rpc_dropped,
+        dropped,
+        "stale fragments were not freed"
+    );
+}
