@@ -269,6 +269,9 @@ fn exercise(args: &Args, report: &mut Report) -> Result<(), String> {
             last.map(|v| v.version),
             newest.map(|(v, _)| v)
         ));
+        report
+            .failures
+            .push(format!("node a: {:?}\nnode b: {:?}", a.stats(), b.stats()));
     }
     // Every version seen is complete, verified and exactly what was
     // published under its number; versions only go forward.
@@ -439,13 +442,34 @@ fn rpc(
     Ok(())
 }
 
-/// Bursts of submissions; the handler must get exactly as many.
+/// Bursts of submissions while the receiving side waits on its handler;
+/// the handler must get exactly as many, in coalesced wake-ups.
 fn signals(
     transmitter: &xrelay_datapath::runtime::SignalTransmitter,
     handler: &xrelay_datapath::runtime::SignalHandler,
     report: &mut Report,
 ) {
-    for burst in 1..=20u64 {
+    const BURSTS: u64 = 20;
+    let expected: u64 = (1..=BURSTS).map(|burst| burst * 10).sum();
+    let waiter = {
+        let handler = handler.clone();
+        std::thread::spawn(move || {
+            let (mut delivered, mut wakeups) = (0u64, 0u64);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while delivered < expected && std::time::Instant::now() < deadline {
+                if let Some(count) = handler.wait_timeout(Duration::from_millis(100)) {
+                    delivered += count;
+                    wakeups += 1;
+                }
+            }
+            // Anything more would be a doubled signal.
+            if let Some(extra) = handler.wait_timeout(Duration::from_millis(50)) {
+                delivered += extra;
+            }
+            (delivered, wakeups)
+        })
+    };
+    for burst in 1..=BURSTS {
         for _ in 0..burst * 10 {
             if transmitter.submit().is_ok() {
                 report.submitted += 1;
@@ -453,16 +477,14 @@ fn signals(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while report.delivered < report.submitted && std::time::Instant::now() < deadline {
-        if let Some(count) = handler.wait_timeout(Duration::from_millis(100)) {
-            report.delivered += count;
-            report.wakeups += 1;
+    match waiter.join() {
+        Ok((delivered, wakeups)) => {
+            report.delivered = delivered;
+            report.wakeups = wakeups;
         }
-    }
-    // Anything more would be a doubled signal.
-    if let Some(extra) = handler.wait_timeout(Duration::from_millis(50)) {
-        report.delivered += extra;
+        Err(_) => report
+            .failures
+            .push("signal: the waiting thread panicked".into()),
     }
     if report.delivered != report.submitted {
         report.failures.push(format!(

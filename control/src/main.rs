@@ -1,8 +1,8 @@
 //! The `xrelay` binary.
 //!
-//! * `xrelay demo`: the example key-value interface called through the
-//!   real wire format (marshalled, fragmented into RPC frames, wrapped in
-//!   Ethernet + IPv4 + UDP, parsed back) inside one process.
+//! * `xrelay demo`: two relay nodes in one process, on the `mem` or `udp`
+//!   transport, exercising RPC, signals and ROM through the application
+//!   API; `--json` prints the figures as one JSON object.
 //! * `xrelay decode HEX`: prints a relay frame or an Ethernet frame
 //!   carrying one, field by field.
 //!
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the example interface through the wire format in one process.
+    /// Run two nodes in one process and exercise RPC, signals and ROM.
     Demo(demo::Args),
     /// Decode a frame given as hex (spaces allowed).
     Decode(decode::Args),

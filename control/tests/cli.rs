@@ -1,5 +1,7 @@
-//! The `xrelay` binary as a user runs it: the demo passes its own checks,
-//! and `decode` reads frames and refuses garbage with status 2.
+//! The `xrelay` binary as a user runs it: the two-node demo passes its own
+//! checks on every transport it offers and prints the documented JSON;
+//! bad options are refused with status 2; `decode` reads frames and
+//! refuses garbage with status 2.
 
 use std::process::Command;
 
@@ -10,28 +12,95 @@ fn xrelay(args: &[&str]) -> std::process::Output {
         .expect("the xrelay binary runs")
 }
 
-#[test]
-fn demo_runs_every_call_through_the_wire_and_passes() {
-    let output = xrelay(&["demo", "--calls", "200", "--mtu", "600"]);
+/// Runs `xrelay demo ARGS --json`, checks the exit status and the exact
+/// shape of the one JSON object it prints, and returns it.
+fn demo_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["demo"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let output = xrelay(&all);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "demo failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+        "demo {args:?} failed: {stdout}{stderr}"
     );
-    assert!(
-        stdout.contains("calls: 701 (200 put, 400 get, 100 delete, 1 stats)"),
-        "{stdout}"
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "exactly one line of JSON: {stdout}"
     );
-    assert!(stdout.contains("100 NotFound"), "{stdout}");
-    assert!(stdout.contains("ok: every check passed"));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&json), ["ok", "rom", "rpc", "signal", "transport"]);
+    assert_eq!(keys(&json["rpc"]), ["calls", "replies_ok"]);
+    assert_eq!(keys(&json["signal"]), ["delivered", "submitted"]);
+    assert_eq!(
+        keys(&json["rom"]),
+        ["final_version_match", "largest_bytes", "versions_published"]
+    );
+    json
+}
+
+fn check_figures(json: &serde_json::Value, transport: &str) {
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["transport"], transport);
+    let calls = json["rpc"]["calls"].as_u64().unwrap();
+    assert!(calls >= 1000, "{json}");
+    assert_eq!(json["rpc"]["replies_ok"].as_u64(), Some(calls));
+    let submitted = json["signal"]["submitted"].as_u64().unwrap();
+    assert!(submitted > 0);
+    assert_eq!(json["signal"]["delivered"].as_u64(), Some(submitted));
+    assert!(json["rom"]["versions_published"].as_u64().unwrap() >= 3);
+    assert_eq!(json["rom"]["final_version_match"], true);
+    assert!(json["rom"]["largest_bytes"].as_u64().unwrap() >= 4 * 1024 * 1024);
 }
 
 #[test]
-fn demo_rejects_an_impossible_mtu() {
-    let output = xrelay(&["demo", "--mtu", "40"]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--mtu must be between"));
+fn demo_on_mem_passes_with_the_documented_json() {
+    check_figures(&demo_json(&[]), "mem");
+}
+
+#[test]
+fn demo_on_a_lossy_mem_network_passes() {
+    check_figures(
+        &demo_json(&["--transport", "mem", "--loss", "0.1", "--seed", "7"]),
+        "mem",
+    );
+}
+
+#[test]
+fn demo_on_udp_passes() {
+    check_figures(&demo_json(&["--transport", "udp"]), "udp");
+}
+
+#[test]
+fn demo_prints_a_readable_summary() {
+    let output = xrelay(&["demo", "--keys", "100"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("rpc:    351 calls, 351 replies as expected (50 typed NotFound"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok: every check passed"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_bad_options() {
+    let output = xrelay(&["demo", "--transport", "udp", "--loss", "0.1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--loss applies to --transport mem only")
+    );
+    let output = xrelay(&["demo", "--loss", "1.5"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = xrelay(&["demo", "--transport", "carrier-pigeon"]);
+    assert_eq!(output.status.code(), Some(2));
 }
 
 #[test]

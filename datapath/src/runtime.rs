@@ -681,11 +681,15 @@ pub struct RomPublisher {
 
 impl RomPublisher {
     /// Makes `content` the module's newest version; returns the version.
+    /// The content is hashed on the calling thread, not the datapath's.
     pub fn publish(&self, content: Vec<u8>) -> Result<u64, RuntimeError> {
         let module = self.module;
-        Ok(self
-            .inner
-            .request(move |driver, now| driver.node.publish(now, module, Some(content)))??)
+        let hash = *blake3::hash(&content).as_bytes();
+        Ok(self.inner.request(move |driver, now| {
+            driver
+                .node
+                .publish_hashed(now, module, Some((content, hash)))
+        })??)
     }
 
     /// Removes the module (subscribers see the state "removed").

@@ -67,6 +67,8 @@ struct Sim {
     network: MemNetwork,
     hosts: Vec<Host>,
     now: Instant,
+    /// Hosts that do not run until this time (a starved thread).
+    frozen: HashMap<u8, Instant>,
 }
 
 fn config(seed: u64) -> NodeConfig {
@@ -84,6 +86,7 @@ impl Sim {
             network,
             hosts: Vec::new(),
             now: Instant::from_nanos(1_000_000),
+            frozen: HashMap::new(),
         };
         for host in 1..=n {
             let h = sim.make_host(host, n, seed * 100 + u64::from(host));
@@ -117,7 +120,11 @@ impl Sim {
 
     fn step(&mut self) {
         let now = self.now;
-        for host in &mut self.hosts {
+        for (i, host) in self.hosts.iter_mut().enumerate() {
+            let id = u8::try_from(i + 1).unwrap();
+            if self.frozen.get(&id).is_some_and(|&until| now < until) {
+                continue;
+            }
             let node = &mut host.node;
             host.link
                 .recv(now, 256, &mut |from, bytes| {
@@ -743,4 +750,137 @@ fn hostile_frames_are_counted_drops_and_memory_stays_bounded() {
         dropped,
         "stale fragments were not freed"
     );
+}
+
+#[test]
+fn a_starved_node_is_declared_down_and_everything_recovers() {
+    // Host 2 stops running for longer than the dead time in the middle of
+    // a transfer and of calls (a starved thread), then runs again: host 1
+    // saw it down and reopened its sessions, host 2 saw nothing.
+    for seed in [11, 12] {
+        let mut sim = Sim::new(seed, Faults::lossy(0.1), 2);
+        echo_export(&mut sim, 2);
+        let module = sim.host(2).node.export_rom("config").unwrap();
+        let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+        let rom = sim.open(1, "h2", Service::Rom, "config");
+        let now = sim.now;
+        let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+        sim.host(2)
+            .node
+            .publish(now, module, Some(vec![1; 5000]))
+            .unwrap();
+        let newest = sim
+            .host(2)
+            .node
+            .publish(now, module, Some(big.clone()))
+            .unwrap();
+        sim.run_until(Duration::from_millis(20), |_| false);
+        let freeze_until = sim.now + Duration::from_millis(800);
+        sim.frozen.insert(2, freeze_until);
+        let now = sim.now;
+        let id = sim.host(1).node.call(now, rpc, ECHO, 0, vec![1]).unwrap();
+        sim.run_until(Duration::from_millis(900), |_| false);
+        assert!(matches!(
+            calls_done(&sim.host(1).events)[&id],
+            Err(CallError::Unreachable(_))
+        ));
+        assert!(
+            sim.run_until(Duration::from_secs(10), |sim| {
+                sim.host(1)
+                    .node
+                    .rom_current(rom)
+                    .is_some_and(|v| v.version == newest)
+            }),
+            "seed {seed}: the subscriber is stuck at {:?}",
+            sim.host(1).node.rom_current(rom).map(|v| v.version)
+        );
+        assert_eq!(sim.host(1).node.rom_current(rom).unwrap().data, big);
+        assert!(sim.run_until(Duration::from_secs(5), |sim| sim.host(1).node.is_open(rpc)));
+        let now = sim.now;
+        let id = sim
+            .host(1)
+            .node
+            .call(now, rpc, ECHO, 0, vec![1, 2])
+            .unwrap();
+        assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+            &sim.host(1).events
+        )
+        .contains_key(&id)));
+        assert_eq!(calls_done(&sim.host(1).events)[&id], Ok((0, vec![2, 1])));
+    }
+}
+
+#[test]
+fn sessions_open_correctly_when_frames_overtake_the_session_reply() {
+    // Heavy reordering and duplication: a publisher's first announce often
+    // arrives before the SESSION_REPLY that names its channel. The
+    // subscriber's "unknown session" answer must not kill the new session.
+    for seed in 20..30 {
+        let faults = Faults {
+            reorder: 0.5,
+            duplicate: 0.3,
+            loss: 0.05,
+            ..Faults::lossy(0.0)
+        };
+        let mut sim = Sim::new(seed, faults, 2);
+        let module = sim.host(2).node.export_rom("config").unwrap();
+        let now = sim.now;
+        let v = sim
+            .host(2)
+            .node
+            .publish(now, module, Some(vec![5; 30_000]))
+            .unwrap();
+        echo_export(&mut sim, 2);
+        let rom = sim.open(1, "h2", Service::Rom, "config");
+        let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+        assert!(
+            sim.run_until(Duration::from_secs(5), |sim| {
+                sim.host(1)
+                    .node
+                    .rom_current(rom)
+                    .is_some_and(|c| c.version == v)
+            }),
+            "seed {seed}"
+        );
+        let now = sim.now;
+        let later = sim
+            .host(2)
+            .node
+            .publish(now, module, Some(vec![6; 40_000]))
+            .unwrap();
+        assert!(
+            sim.run_until(Duration::from_secs(5), |sim| {
+                sim.host(1)
+                    .node
+                    .rom_current(rom)
+                    .is_some_and(|c| c.version == later)
+            }),
+            "seed {seed}: an update after the open did not arrive"
+        );
+        let now = sim.now;
+        let id = sim.host(1).node.call(now, rpc, ECHO, 0, vec![3]).unwrap();
+        assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+            &sim.host(1).events
+        )
+        .contains_key(&id)));
+        assert_eq!(
+            calls_done(&sim.host(1).events)[&id],
+            Ok((0, vec![3])),
+            "seed {seed}"
+        );
+        // No session was lost and reopened on the way.
+        assert!(
+            !sim.host(1)
+                .events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Interrupted { .. })),
+            "seed {seed}: {:?} {:?}",
+            sim.hosts[0]
+                .events
+                .iter()
+                .filter(|e| !matches!(e, NodeEvent::CallDone { .. } | NodeEvent::RomChanged { .. }))
+                .collect::<Vec<_>>(),
+            sim.hosts[0].node.stats()
+        );
+    }
 }

@@ -41,6 +41,7 @@ use crate::marshal::{CallError, Dispatch};
 use crate::time::Instant;
 use crate::wire::encap::Endpoint;
 use crate::wire::header::{HEADER_LEN, TAG_LEN};
+use crate::wire::rom::{RomState, HASH_LEN};
 use crate::wire::rpc::Acked;
 use crate::wire::session::{
     CloseReason, OpenStatus, Origin, Service, SessionClose, SessionOpen, SessionReply,
@@ -288,6 +289,9 @@ struct Peer {
     /// This node's client sessions on the peer.
     clients: BTreeMap<SessionId, ClientSession>,
     control: VecDeque<(u32, Control)>,
+    /// Channels of our sessions given up while the peer was down, to close
+    /// on the peer when it is back.
+    stale: Vec<u32>,
     /// Bytes of unfinished RPC messages in the peer's served sessions.
     assembling: usize,
     /// Round robin over sessions: the next served channel and client
@@ -415,6 +419,7 @@ impl Node {
             opening: BTreeMap::new(),
             clients: BTreeMap::new(),
             control: VecDeque::new(),
+            stale: Vec::new(),
             assembling: 0,
             served_turn: 0,
             client_turn: SessionId(0),
@@ -483,12 +488,34 @@ impl Node {
         module: ExportId,
         content: Option<Vec<u8>>,
     ) -> Result<u64, NodeError> {
+        let content = content.map(|data| {
+            let hash = *blake3::hash(&data).as_bytes();
+            (data, hash)
+        });
+        self.publish_hashed(now, module, content)
+    }
+
+    /// Like [`Node::publish`] with the content's BLAKE3 hash computed by
+    /// the caller, so that hashing a large module happens off the
+    /// datapath thread. A wrong hash makes every subscriber refuse the
+    /// version.
+    pub fn publish_hashed(
+        &mut self,
+        now: Instant,
+        module: ExportId,
+        content: Option<(Vec<u8>, [u8; HASH_LEN])>,
+    ) -> Result<u64, NodeError> {
         let Some(Export::Rom(current)) = self.exports.get_mut(module.0) else {
             return Err(NodeError::Unknown("ROM module"));
         };
         let version = current.version + 1;
         *current = Arc::new(match content {
-            Some(data) => RomVersion::valid(version, data),
+            Some((data, hash)) => RomVersion {
+                version,
+                state: RomState::Valid,
+                data,
+                hash,
+            },
             None => RomVersion::removed(version),
         });
         let current = Arc::clone(current);
@@ -551,6 +578,7 @@ impl Node {
                     backoff: self.config.open_retransmit,
                 },
                 engine,
+                heard: now,
             },
         );
         Ok(id)
@@ -753,12 +781,17 @@ impl Node {
                 PeerEvent::Restarted { .. } => {
                     // The peer lost every session, ours and its own.
                     self.drop_served(p);
-                    self.interrupt_clients(now, p);
+                    self.interrupt_clients(now, p, false);
+                    self.peers[p].stale.clear();
                     self.reopen_interrupted(now, p);
                 }
                 PeerEvent::Down => {
-                    self.drop_served(p);
-                    self.interrupt_clients(now, p);
+                    // Our calls fail now and our sessions reopen when the
+                    // peer is back. Its sessions here stay: it may only
+                    // be our view of it that was cut, and an idle client
+                    // would never learn that we dropped its session. It
+                    // closes them itself when it reopens.
+                    self.interrupt_clients(now, p, true);
                 }
             }
             self.events.push_back(NodeEvent::Peer {
@@ -778,9 +811,9 @@ impl Node {
 
     /// Every open client session on peer `p` goes back to opening (sent
     /// once the peer is up); pending calls fail as unreachable.
-    fn interrupt_clients(&mut self, now: Instant, p: usize) {
+    fn interrupt_clients(&mut self, now: Instant, p: usize, close_old: bool) {
         while let Some((_, id)) = self.peers[p].open.pop_first() {
-            self.interrupt(now, p, id);
+            self.interrupt(now, p, id, close_old);
         }
     }
 
@@ -798,14 +831,19 @@ impl Node {
         }
     }
 
-    /// Session `id` lost its server-side state: fail what is pending and
-    /// open it again.
-    fn interrupt(&mut self, now: Instant, p: usize, id: SessionId) {
+    /// Session `id` lost (or may have lost) its server-side state: fail
+    /// what is pending and open it again. With `close_old`, the old
+    /// channel is closed on the server once the peer is up (it may still
+    /// hold it).
+    fn interrupt(&mut self, now: Instant, p: usize, id: SessionId, close_old: bool) {
         let open_id = self.fresh_open_id();
         let peer = &mut self.peers[p];
         let Some(client) = peer.clients.get_mut(&id) else {
             return;
         };
+        if let (true, Phase::Open { channel }) = (close_old, client.phase) {
+            peer.stale.push(channel);
+        }
         let error = CallError::Unreachable(format!("{} went down or restarted", peer.name));
         fail_calls(&mut self.events, id, client, &error);
         match &mut client.engine {
@@ -895,6 +933,7 @@ impl Node {
                 export,
                 open_id: open.open_id,
                 engine,
+                confirmed: false,
             },
         );
         peer.served_opens.insert(open.open_id, channel);
@@ -911,7 +950,23 @@ impl Node {
 
     fn handle_session_reply(&mut self, now: Instant, p: usize, channel: u32, reply: SessionReply) {
         let Some(id) = self.peers[p].opening.remove(&reply.open_id) else {
-            // A duplicate reply or one for a session given up: harmless.
+            // A duplicate reply (harmless) or the late answer to an open
+            // given up: close that session on the server.
+            if reply.status == OpenStatus::Accepted
+                && channel != 0
+                && !self.peers[p].open.contains_key(&channel)
+            {
+                let limit = self.config.max_control_queue;
+                self.peers[p].queue_control(
+                    &mut self.stats,
+                    limit,
+                    channel,
+                    Control::Close {
+                        reason: CloseReason::Normal,
+                        origin: Origin::Client,
+                    },
+                );
+            }
             return;
         };
         let Some(client) = self.peers[p].clients.get_mut(&id) else {
@@ -923,7 +978,7 @@ impl Node {
                 // The server reused a channel we thought open: that
                 // session is gone on the server.
                 if stale != id {
-                    self.interrupt(now, p, stale);
+                    self.interrupt(now, p, stale, false);
                 }
             }
             self.events.push_back(NodeEvent::Opened { session: id });
@@ -946,6 +1001,14 @@ impl Node {
             // The peer as client closes a session it opened here.
             Origin::Client => {
                 let peer = &mut self.peers[p];
+                // "Unknown session" before the client ever used the
+                // channel means our reply has not reached it yet (frames
+                // overtook it), not that it lost the session.
+                let premature = close.reason == CloseReason::Unknown
+                    && peer.served.get(&channel).is_some_and(|s| !s.confirmed);
+                if premature {
+                    return;
+                }
                 if let Some(served) = peer.served.remove(&channel) {
                     peer.served_opens.remove(&served.open_id);
                     if let ServedEngine::Rpc(server) = &served.engine {
@@ -961,7 +1024,7 @@ impl Node {
                 if close.reason == CloseReason::Unknown {
                     // The server lost it (restart, our earlier close
                     // crossing): open it again.
-                    self.interrupt(now, p, id);
+                    self.interrupt(now, p, id, false);
                 } else if let Some(client) = self.peers[p].clients.get_mut(&id) {
                     client.phase = Phase::Closed;
                     fail_calls(
@@ -1004,6 +1067,7 @@ impl Node {
             self.unknown_session(p, channel, Origin::Server);
             return;
         };
+        served.confirmed = true;
         match (&mut served.engine, message) {
             (ServedEngine::Rpc(server), Message::RpcCall(call)) => {
                 // One budget for all of the peer's sessions: a new message
@@ -1076,12 +1140,19 @@ impl Node {
 
     fn handle_client(&mut self, now: Instant, p: usize, channel: u32, message: &Message<'_>) {
         let Some(&id) = self.peers[p].open.get(&channel) else {
-            self.unknown_session(p, channel, Origin::Client);
+            if self.peers[p].opening.is_empty() {
+                self.unknown_session(p, channel, Origin::Client);
+            } else {
+                // It may be the channel of a session we are opening whose
+                // SESSION_REPLY this frame overtook: drop it silently.
+                self.stats.unknown_session += 1;
+            }
             return;
         };
         let Some(client) = self.peers[p].clients.get_mut(&id) else {
             return;
         };
+        client.heard = now;
         match (&mut client.engine, message) {
             (ClientEngine::Rpc(rpc), Message::RpcReply(reply)) => {
                 rpc.handle_reply(reply);
@@ -1149,6 +1220,15 @@ impl Node {
             };
             return emit(&mut peer.sequence, channel, message, buf);
         }
+        if peer.liveness.state() == PeerState::Up {
+            if let Some(channel) = peer.stale.pop() {
+                let message = Message::SessionClose(SessionClose {
+                    reason: CloseReason::Normal,
+                    origin: Origin::Client,
+                });
+                return emit(&mut peer.sequence, channel, message, buf);
+            }
+        }
         if let Some(len) = self.transmit_clients(now, p, buf) {
             return Some(len);
         }
@@ -1165,6 +1245,7 @@ impl Node {
         } = &mut self.peers[p];
         let down = liveness.state() == PeerState::Down;
         let turn = *client_turn;
+        let probe_after = self.config.rom.announce_interval * 4;
         for range in [
             (Bound::Included(turn), Bound::Unbounded),
             (Bound::Unbounded, Bound::Excluded(turn)),
@@ -1192,7 +1273,9 @@ impl Node {
                         let channel = *channel;
                         let len = match client.poll_transmit(now) {
                             Some(message) => emit(sequence, channel, message, buf),
-                            None => None,
+                            None => client
+                                .probe(now, probe_after)
+                                .and_then(|message| emit(sequence, channel, message, buf)),
                         };
                         // Timers may have ended calls (deadlines).
                         if let ClientEngine::Rpc(rpc) = &mut client.engine {

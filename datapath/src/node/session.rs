@@ -13,6 +13,7 @@ use crate::engine::rom::{RomReceiver, RomSender};
 use crate::engine::rpc::{RpcClient, RpcServer};
 use crate::engine::signal::{SignalReceiver, SignalSender};
 use crate::time::Instant;
+use crate::wire::rom::RomRequest;
 use crate::wire::session::Service;
 use crate::wire::Message;
 
@@ -49,6 +50,8 @@ pub(super) struct ClientSession {
     pub label: String,
     pub phase: Phase,
     pub engine: ClientEngine,
+    /// When the server last sent anything on the session.
+    pub heard: Instant,
 }
 
 impl ClientSession {
@@ -64,6 +67,24 @@ impl ClientSession {
                 .map(Message::Signal),
             ClientEngine::Rom(receiver) => receiver.poll_transmit(now),
         }
+    }
+
+    /// A subscriber that has heard nothing from its publisher for
+    /// `after` (announces repeat far more often) asks again: the answer
+    /// is an announce, or "unknown session" if the publisher lost the
+    /// session, which makes this node reopen it.
+    pub fn probe(&mut self, now: Instant, after: Duration) -> Option<Message<'static>> {
+        let ClientEngine::Rom(receiver) = &self.engine else {
+            return None;
+        };
+        if now < self.heard + after {
+            return None;
+        }
+        self.heard = now;
+        Some(Message::RomRequest(RomRequest {
+            module: 0,
+            have_version: receiver.current().map_or(0, |v| v.version),
+        }))
     }
 
     /// When this session's engine next wants to run.
@@ -94,6 +115,9 @@ pub(super) struct ServedSession {
     pub export: ExportId,
     pub open_id: u32,
     pub engine: ServedEngine,
+    /// The client has sent a frame on the session, so it knows the
+    /// channel: only then does its "unknown session" mean it lost it.
+    pub confirmed: bool,
 }
 
 impl ServedSession {
