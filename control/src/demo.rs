@@ -257,7 +257,7 @@ fn exercise(args: &Args, report: &mut Report) -> Result<(), String> {
     while std::time::Instant::now() < deadline
         && last.as_ref().map(|v| (v.version, v.hash)) != newest
     {
-        last = subscriber.wait_change(last.as_ref().map(|v| v.version), Duration::from_millis(100));
+        last = subscriber.wait_change(last.as_ref(), Duration::from_millis(100));
     }
     stop.store(true, Ordering::Release);
     let seen = watcher.join().map_err(|_| "the ROM watcher panicked")?;
@@ -305,9 +305,9 @@ fn watch(
 ) -> Vec<Arc<RomVersion>> {
     let mut seen: Vec<Arc<RomVersion>> = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        let last = seen.last().map(|v| v.version);
-        if let Some(version) = subscriber.wait_change(last, Duration::from_millis(20)) {
-            if Some(version.version) != last {
+        let last = seen.last().cloned();
+        if let Some(version) = subscriber.wait_change(last.as_ref(), Duration::from_millis(20)) {
+            if !last.is_some_and(|l| Arc::ptr_eq(&l, &version)) {
                 seen.push(version);
             }
         }

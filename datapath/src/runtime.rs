@@ -715,15 +715,26 @@ impl RomSubscriber {
         lock(&self.shared.current).clone()
     }
 
-    /// Blocks until the current version differs from `seen` (a version
-    /// number, or `None` for "nothing yet") or `timeout` passes; returns
-    /// the current version either way.
-    pub fn wait_change(&self, seen: Option<u64>, timeout: Duration) -> Option<Arc<RomVersion>> {
+    /// Blocks until the current version is another than `seen` (the
+    /// value [`RomSubscriber::current`] or this call returned before; a
+    /// new version is always a new `Arc`, even when a restarted publisher
+    /// reuses a version number) or `timeout` passes; returns the current
+    /// version either way.
+    pub fn wait_change(
+        &self,
+        seen: Option<&Arc<RomVersion>>,
+        timeout: Duration,
+    ) -> Option<Arc<RomVersion>> {
         let current = lock(&self.shared.current);
+        let same = |c: &mut Option<Arc<RomVersion>>| match (c.as_ref(), seen) {
+            (None, None) => true,
+            (Some(c), Some(s)) => Arc::ptr_eq(c, s),
+            _ => false,
+        };
         let (current, _) = self
             .shared
             .changed
-            .wait_timeout_while(current, timeout, |c| c.as_ref().map(|v| v.version) == seen)
+            .wait_timeout_while(current, timeout, same)
             .unwrap_or_else(PoisonError::into_inner);
         current.clone()
     }

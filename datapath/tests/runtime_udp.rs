@@ -345,9 +345,9 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
 fn watch(subscriber: &RomSubscriber, stop: &AtomicBool) -> Vec<Arc<RomVersion>> {
     let mut seen: Vec<Arc<RomVersion>> = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        let last = seen.last().map(|v| v.version);
-        if let Some(version) = subscriber.wait_change(last, Duration::from_millis(20)) {
-            if Some(version.version) != last {
+        let last = seen.last().cloned();
+        if let Some(version) = subscriber.wait_change(last.as_ref(), Duration::from_millis(20)) {
+            if !last.is_some_and(|l| Arc::ptr_eq(&l, &version)) {
                 seen.push(version);
             }
         }
@@ -365,10 +365,7 @@ fn wait_for_version(subscriber: &RomSubscriber, version: u64, limit: Duration) -
             "gave up after {limit:?} waiting for version {version}, at {:?}",
             current.map(|v| v.version)
         );
-        current = subscriber.wait_change(
-            current.as_ref().map(|v| v.version),
-            Duration::from_millis(100),
-        );
+        current = subscriber.wait_change(current.as_ref(), Duration::from_millis(100));
     }
     current.expect("checked above")
 }

@@ -430,8 +430,13 @@ fn a_restarted_server_is_reopened_and_a_restarted_publisher_converges() {
             .is_some_and(|v| v.version == 3)
     }));
 
-    // Host 2 restarts with new content at a *lower* version number.
+    // Host 2 restarts with new content at a *lower* version number, and
+    // exports its services only a while after it is back: the reopens it
+    // refuses meanwhile are tried again.
     sim.restart(2, 999);
+    sim.run_until(Duration::from_millis(300), |_| false);
+    assert!(sim.host(2).node.stats().refused_opens > 0);
+    assert!(sim.host(1).node.stats().refused_reopens > 0);
     echo_export(&mut sim, 2);
     let module = sim.host(2).node.export_rom("config").unwrap();
     let now = sim.now;

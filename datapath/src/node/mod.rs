@@ -238,6 +238,8 @@ pub struct NodeStats {
     pub wrong_service: u64,
     /// SESSION_OPENs refused (no such export, no room).
     pub refused_opens: u64,
+    /// Our automatic reopens the peer refused (tried again later).
+    pub refused_reopens: u64,
     /// Control frames not queued because the queue was full.
     pub control_queue_full: u64,
     /// Signals for more contexts than a session may have.
@@ -576,6 +578,7 @@ impl Node {
                     open_id,
                     next_send: now,
                     backoff: self.config.open_retransmit,
+                    reopen: false,
                 },
                 engine,
                 heard: now,
@@ -866,6 +869,7 @@ impl Node {
             open_id,
             next_send: now,
             backoff: self.config.open_retransmit,
+            reopen: true,
         };
         peer.opening.insert(open_id, id);
         self.events
@@ -982,6 +986,20 @@ impl Node {
                 }
             }
             self.events.push_back(NodeEvent::Opened { session: id });
+        } else if let Phase::Opening {
+            next_send,
+            backoff,
+            reopen: true,
+            ..
+        } = &mut client.phase
+        {
+            // Keep trying (at the backoff's pace) until the label is back
+            // or the application closes the session; calls meanwhile fail
+            // as unreachable.
+            *next_send = now + *backoff;
+            *backoff = (*backoff * 2).min(Duration::from_secs(1));
+            self.stats.refused_reopens += 1;
+            self.peers[p].opening.insert(reply.open_id, id);
         } else {
             client.phase = Phase::Closed;
             let status = if reply.status == OpenStatus::Accepted {
@@ -1256,6 +1274,7 @@ impl Node {
                         open_id,
                         next_send,
                         backoff,
+                        ..
                     } => {
                         if down || now < *next_send {
                             continue;

@@ -27,6 +27,9 @@ pub(super) enum Phase {
         open_id: u32,
         next_send: Instant,
         backoff: Duration,
+        /// Re-opening a session that was open: a refusal is not final
+        /// (a restarted server may not have exported the label yet).
+        reopen: bool,
     },
     /// Accepted: the server calls it `channel`.
     Open { channel: u32 },
