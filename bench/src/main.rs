@@ -168,7 +168,7 @@ fn engine(seconds: f64, outstanding: usize) {
         }
         while let Some(message) = server.poll_transmit() {
             match across(message, &mut buf) {
-                Message::RpcReply(reply) => client.handle_reply(&reply),
+                Message::RpcReply(reply) => client.handle_reply(now, &reply),
                 Message::RpcAck(ack) => client.handle_ack(&ack),
                 _ => {}
             }

@@ -102,7 +102,7 @@ fn run(
             now,
             256,
             &mut |_, bytes| match Frame::parse(bytes).map(|f| f.0.message) {
-                Ok(Message::RpcReply(reply)) => client.handle_reply(&reply),
+                Ok(Message::RpcReply(reply)) => client.handle_reply(now, &reply),
                 Ok(Message::RpcAck(ack)) => client.handle_ack(&ack),
                 _ => {}
             },

@@ -36,8 +36,12 @@ use crate::wire::Message;
 /// Timing and limits of the RPC engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RpcConfig {
-    /// First retransmission after this long without a reply.
+    /// First retransmission after this long without a reply, until the
+    /// round-trip time has been measured.
     pub initial_rto: Duration,
+    /// The retransmission timeout derived from measured round trips
+    /// (RFC 6298: smoothed RTT + 4 x its variation) is at least this.
+    pub min_rto: Duration,
     /// Backoff stops doubling here.
     pub max_rto: Duration,
     /// A call without a complete reply fails after this long.
@@ -56,6 +60,7 @@ impl Default for RpcConfig {
     fn default() -> Self {
         RpcConfig {
             initial_rto: Duration::from_millis(5),
+            min_rto: Duration::from_millis(1),
             max_rto: Duration::from_millis(200),
             call_timeout: Duration::from_secs(5),
             max_fragment: 1400,
@@ -87,6 +92,10 @@ struct PendingCall {
     deadline: Instant,
     retransmit_at: Instant,
     rto: Duration,
+    /// When the call was first sent (for a round-trip sample).
+    sent_at: Instant,
+    /// Sent more than once: its reply gives no round-trip sample (Karn).
+    retransmitted: bool,
     reply: Option<(i32, Reassembly)>,
     /// A reply ACK is due (the reply is partial and the timer fired, or it completed).
     ack_due: bool,
@@ -130,6 +139,8 @@ pub struct RpcClient {
     events: VecDeque<CallOutcome>,
     bitmap: Vec<u8>,
     reply_bytes: usize,
+    /// Smoothed round-trip time and its variation, once measured.
+    srtt: Option<(Duration, Duration)>,
 }
 
 const NEVER: Instant = Instant::from_nanos(u64::MAX);
@@ -147,7 +158,33 @@ impl RpcClient {
             events: VecDeque::new(),
             bitmap: Vec::new(),
             reply_bytes: 0,
+            srtt: None,
         }
+    }
+
+    /// The retransmission timeout for a new call.
+    pub fn rto(&self) -> Duration {
+        match self.srtt {
+            None => self.config.initial_rto,
+            Some((srtt, rttvar)) => (srtt + 4 * rttvar)
+                .max(self.config.min_rto)
+                .min(self.config.max_rto),
+        }
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt.map(|(srtt, _)| srtt)
+    }
+
+    fn sample_rtt(&mut self, sample: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => (sample, sample / 2),
+            Some((srtt, rttvar)) => {
+                let delta = srtt.abs_diff(sample);
+                (srtt * 7 / 8 + sample / 8, rttvar * 3 / 4 + delta / 4)
+            }
+        });
     }
 
     /// A client whose first request id is `first` (a session re-opened
@@ -188,7 +225,8 @@ impl RpcClient {
         self.next_request += 1;
         let count = fragment_count(args.len(), self.config.max_fragment);
         let (first, _) = fragment_of(args.len(), self.config.max_fragment, 0);
-        let retransmit_at = now + self.config.initial_rto;
+        let rto = self.rto();
+        let retransmit_at = now + rto;
         self.next_timer = self.next_timer.min(retransmit_at);
         self.calls.insert(
             request_id,
@@ -200,7 +238,9 @@ impl RpcClient {
                 queue: (0..count).collect(),
                 deadline: now + self.config.call_timeout,
                 retransmit_at,
-                rto: self.config.initial_rto,
+                rto,
+                sent_at: now,
+                retransmitted: false,
                 reply: None,
                 ack_due: false,
                 scheduled: true,
@@ -211,11 +251,18 @@ impl RpcClient {
     }
 
     /// Takes a reply fragment into account.
-    pub fn handle_reply(&mut self, reply: &RpcReply<'_>) {
+    pub fn handle_reply(&mut self, now: Instant, reply: &RpcReply<'_>) {
         let Some(call) = self.calls.get_mut(&reply.request_id) else {
             return;
         };
         call.queue.clear();
+        if call.reply.is_none() && !call.retransmitted {
+            let sample = now.saturating_since(call.sent_at);
+            self.sample_rtt(sample);
+        }
+        let Some(call) = self.calls.get_mut(&reply.request_id) else {
+            return;
+        };
         if call.reply.is_none() {
             let len = reply.fragment.total_len as usize;
             if self.reply_bytes + len > self.config.max_reassembly_bytes {
@@ -230,9 +277,15 @@ impl RpcClient {
         if *exception != reply.exception || reassembly.is_complete() {
             return;
         }
-        if let Ok(true) = reassembly.insert(&reply.fragment, reply.data) {
-            call.ack_due = true;
-            schedule(&mut self.sendable, call, reply.request_id);
+        match reassembly.insert(&reply.fragment, reply.data) {
+            Ok(true) => {
+                call.ack_due = true;
+                schedule(&mut self.sendable, call, reply.request_id);
+            }
+            // The reply is streaming in: ask for missing fragments only
+            // once it stalls for a retransmission timeout.
+            Ok(false) => call.retransmit_at = now + call.rto,
+            Err(_) => {}
         }
     }
 
@@ -280,6 +333,7 @@ impl RpcClient {
                 continue;
             }
             if now >= call.retransmit_at {
+                call.retransmitted = true;
                 call.rto = (call.rto * 2).min(self.config.max_rto);
                 call.retransmit_at = now + call.rto;
                 if call.reply.is_some() {
@@ -730,5 +784,82 @@ impl RpcServer {
             fragment,
             data: &data[range],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Emits `message` and parses it back, as the wire would.
+    fn across<'b>(message: Message<'_>, buf: &'b mut Vec<u8>) -> Message<'b> {
+        buf.clear();
+        buf.resize(message.buffer_len(), 0);
+        message.emit(buf);
+        Message::parse(message.kind(), buf).unwrap()
+    }
+
+    /// One call from `client` to `server`, answered `delay` later; the
+    /// client's retransmission timer runs at the call time plus `wait`
+    /// first.
+    fn round_trip(
+        client: &mut RpcClient,
+        server: &mut RpcServer,
+        now: &mut Instant,
+        wait: Duration,
+        delay: Duration,
+    ) {
+        let mut buf = Vec::new();
+        let id = client.call(*now, 1, 0, vec![1, 2, 3]).unwrap();
+        while let Some(message) = client.poll_transmit(*now) {
+            if let Message::RpcCall(call) = across(message, &mut buf) {
+                server.handle_call(*now, &call);
+            }
+        }
+        // Frames the client sends after `wait` (retransmissions) are lost.
+        while client.poll_transmit(*now + wait).is_some() {}
+        let ready = server.poll_call().unwrap();
+        server.complete(*now, ready.request_id, 0, vec![9]).unwrap();
+        *now += delay;
+        while let Some(message) = server.poll_transmit() {
+            if let Message::RpcReply(reply) = across(message, &mut buf) {
+                client.handle_reply(*now, &reply);
+            }
+        }
+        // The reply ACK ends the call.
+        while client.poll_transmit(*now).is_some() {}
+        let outcome = client.poll_event().unwrap();
+        assert_eq!(outcome.request_id, id);
+        assert_eq!(outcome.result, Ok((0, vec![9])));
+    }
+
+    #[test]
+    fn the_retransmission_timeout_follows_measured_round_trips() {
+        let config = RpcConfig::default();
+        let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
+        let mut now = Instant::ZERO;
+        assert_eq!(client.rto(), config.initial_rto);
+        let ms = Duration::from_millis;
+        round_trip(&mut client, &mut server, &mut now, Duration::ZERO, ms(2));
+        // First sample: SRTT 2 ms, variation 1 ms.
+        assert_eq!(client.srtt(), Some(ms(2)));
+        assert_eq!(client.rto(), ms(6));
+        round_trip(&mut client, &mut server, &mut now, Duration::ZERO, ms(2));
+        assert_eq!(client.rto(), ms(5));
+        // A fast link drives the timeout down to the floor, never below.
+        for _ in 0..50 {
+            round_trip(
+                &mut client,
+                &mut server,
+                &mut now,
+                Duration::ZERO,
+                Duration::from_micros(20),
+            );
+        }
+        assert_eq!(client.rto(), config.min_rto);
+        // Karn: a reply after a retransmission is no sample, however late.
+        let before = client.srtt();
+        round_trip(&mut client, &mut server, &mut now, ms(3), ms(40));
+        assert_eq!(client.srtt(), before);
     }
 }

@@ -1173,7 +1173,7 @@ impl Node {
         client.heard = now;
         match (&mut client.engine, message) {
             (ClientEngine::Rpc(rpc), Message::RpcReply(reply)) => {
-                rpc.handle_reply(reply);
+                rpc.handle_reply(now, reply);
                 while let Some(outcome) = rpc.poll_event() {
                     self.events.push_back(NodeEvent::CallDone {
                         session: id,
