@@ -889,3 +889,49 @@ fn sessions_open_correctly_when_frames_overtake_the_session_reply() {
         );
     }
 }
+
+#[test]
+fn a_restarted_subscriber_catches_up_and_its_old_sessions_are_freed() {
+    let mut sim = Sim::new(13, Faults::lossy(0.15), 2);
+    let module = sim.host(2).node.export_rom("config").unwrap();
+    let now = sim.now;
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+    let v = sim
+        .host(2)
+        .node
+        .publish(now, module, Some(data.clone()))
+        .unwrap();
+    let first = sim.open(1, "h2", Service::Rom, "config");
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        sim.host(1)
+            .node
+            .rom_current(first)
+            .is_some_and(|c| c.version == v)
+    }));
+    for round in 0..3u64 {
+        // Host 1 restarts (new incarnation, no state) and subscribes again.
+        sim.restart(1, 5000 + round);
+        let session = sim.open(1, "h2", Service::Rom, "config");
+        assert!(
+            sim.run_until(Duration::from_secs(10), |sim| {
+                sim.host(1)
+                    .node
+                    .rom_current(session)
+                    .is_some_and(|c| c.version == v)
+            }),
+            "round {round}"
+        );
+        assert_eq!(sim.host(1).node.rom_current(session).unwrap().data, data);
+        // The publisher holds exactly the new subscription for host 1.
+        let h1 = sim.host(2).node.peer("h1").unwrap();
+        assert!(
+            sim.run_until(Duration::from_secs(5), |sim| sim
+                .host(2)
+                .node
+                .sessions_served(h1)
+                == 1),
+            "round {round}: {} sessions served",
+            sim.host(2).node.sessions_served(h1)
+        );
+    }
+}

@@ -439,6 +439,11 @@ impl Node {
         self.peers.get(peer.0).map(|p| p.name.as_str())
     }
 
+    /// Sessions `peer` holds open on this node.
+    pub fn sessions_served(&self, peer: PeerId) -> usize {
+        self.peers.get(peer.0).map_or(0, |p| p.served.len())
+    }
+
     /// Whether `peer` is up, as far as its heartbeats tell.
     pub fn peer_state(&self, peer: PeerId) -> Option<PeerState> {
         self.peers.get(peer.0).map(|p| p.liveness.state())
