@@ -23,12 +23,12 @@
 //! zero busy-polls.
 
 use core::time::Duration;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::engine::peer::PeerState;
 use crate::engine::rom::RomVersion;
@@ -85,6 +85,10 @@ pub enum RuntimeError {
     /// The datapath thread is gone.
     #[error("the datapath thread has stopped")]
     Stopped,
+    /// Called on the datapath thread itself (from an RPC handler), where
+    /// waiting for the datapath thread can never end.
+    #[error("called from the datapath thread (an RPC handler), which would deadlock")]
+    WouldDeadlock,
     /// No such peer.
     #[error("no peer named {0:?}")]
     UnknownPeer(String),
@@ -116,15 +120,37 @@ type CallResult = Result<(i32, Vec<u8>), CallError>;
 /// The state shared by a signal handler and the datapath thread.
 #[derive(Debug, Default)]
 struct SignalShared {
-    pending: Mutex<u64>,
+    state: Mutex<SignalState>,
     arrived: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SignalState {
+    pending: u64,
+    /// The datapath thread has ended: nothing more will arrive.
+    stopped: bool,
 }
 
 /// The state shared by a ROM subscriber and the datapath thread.
 #[derive(Debug, Default)]
 struct RomShared {
-    current: Mutex<Option<Arc<RomVersion>>>,
+    state: Mutex<RomState>,
     changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct RomState {
+    current: Option<Arc<RomVersion>>,
+    stopped: bool,
+}
+
+/// Signals submitted by the application and not yet handed to the node:
+/// one command carries any number of submissions.
+#[derive(Debug, Default)]
+struct SignalBacklog {
+    counts: Mutex<BTreeMap<u32, u64>>,
+    /// A command to hand them over is on its way.
+    scheduled: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,18 +189,33 @@ impl Driver {
                 }
                 NodeEvent::Signal { export, count, .. } => {
                     if let Some(shared) = self.signals.get(&export) {
-                        *lock(&shared.pending) += count;
+                        lock(&shared.state).pending += count;
                         shared.arrived.notify_all();
                     }
                 }
                 NodeEvent::RomChanged { session, version } => {
                     if let Some(shared) = self.roms.get(&session) {
-                        *lock(&shared.current) = Some(version);
+                        lock(&shared.state).current = Some(version);
                         shared.changed.notify_all();
                     }
                 }
                 NodeEvent::Peer { .. } | NodeEvent::Interrupted { .. } => {}
             }
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// The thread is ending (stopped, or its transport failed): wake every
+    /// handle that waits, so none blocks for ever.
+    fn drop(&mut self) {
+        for shared in self.signals.values() {
+            lock(&shared.state).stopped = true;
+            shared.arrived.notify_all();
+        }
+        for shared in self.roms.values() {
+            lock(&shared.state).stopped = true;
+            shared.changed.notify_all();
         }
     }
 }
@@ -198,6 +239,12 @@ struct Inner {
 }
 
 impl Inner {
+    fn on_datapath_thread(&self) -> bool {
+        std::thread::current().id() == self.thread.id()
+    }
+}
+
+impl Inner {
     fn send(&self, command: Command) -> Result<(), RuntimeError> {
         self.commands
             .send(command)
@@ -211,6 +258,9 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Driver, Instant) -> R + Send + 'static,
     ) -> Result<R, RuntimeError> {
+        if self.on_datapath_thread() {
+            return Err(RuntimeError::WouldDeadlock);
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Box::new(move |driver, now| {
             let _ = tx.send(f(driver, now));
@@ -236,7 +286,10 @@ impl Inner {
             driver.opens.insert(session, tx);
             Ok::<_, RuntimeError>(session)
         })??;
-        let answer = rx.recv_timeout(self.open_timeout);
+        let answer = match rx.recv_timeout(self.open_timeout) {
+            Err(RecvTimeoutError::Disconnected) => return Err(RuntimeError::Stopped),
+            other => other,
+        };
         let fail = |error| {
             let _ = self.send(Box::new(move |driver, _| {
                 driver.opens.remove(&session);
@@ -410,6 +463,7 @@ impl Runtime {
         Ok(SignalTransmitter {
             inner: Arc::clone(&self.inner),
             session,
+            backlog: Arc::default(),
         })
     }
 
@@ -420,7 +474,7 @@ impl Runtime {
         let theirs = Arc::clone(&shared);
         self.inner.request(move |driver, _| {
             // A version may have completed between the open and now.
-            *lock(&theirs.current) = driver.node.rom_current(session);
+            lock(&theirs.state).current = driver.node.rom_current(session);
             driver.roms.insert(session, theirs);
         })?;
         Ok(RomSubscriber {
@@ -499,11 +553,14 @@ fn run<T: Transport>(
     config: &RuntimeConfig,
 ) -> Result<NodeStats, TransportError> {
     const SPINS_BEFORE_PARK: u32 = 64;
+    const MAX_COMMANDS_PER_ITERATION: usize = 256;
     let mut idle = 0u32;
     while !inner.stop.load(Ordering::Acquire) {
         let mut busy = false;
         let now = config.clock.now();
-        while let Ok(command) = inbox.try_recv() {
+        // A bounded number per iteration: the link is served even while
+        // the application floods commands.
+        for command in inbox.try_iter().take(MAX_COMMANDS_PER_ITERATION) {
             command(&mut driver, now);
             busy = true;
         }
@@ -570,6 +627,9 @@ impl Caller for RpcSession {
         args: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<i32, CallError> {
+        if self.inner.on_datapath_thread() {
+            return Err(CallError::Closed(RuntimeError::WouldDeadlock.to_string()));
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let session = self.session;
         let args = args.to_vec();
@@ -593,7 +653,10 @@ impl Caller for RpcSession {
                 Ok(code)
             }
             Ok(Err(error)) => Err(error),
-            Err(_) => Err(CallError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(CallError::Closed("the node has stopped".into()))
+            }
+            Err(RecvTimeoutError::Timeout) => Err(CallError::Timeout),
         }
     }
 }
@@ -609,6 +672,7 @@ impl Drop for RpcSession {
 pub struct SignalTransmitter {
     inner: Arc<Inner>,
     session: SessionId,
+    backlog: Arc<SignalBacklog>,
 }
 
 impl SignalTransmitter {
@@ -617,11 +681,28 @@ impl SignalTransmitter {
         self.submit_many(0, 1)
     }
 
-    /// Submits `count` signals to `context`. Never blocks.
+    /// Submits `count` signals to `context`. Never blocks: submissions are
+    /// counted here and handed to the datapath thread by at most one
+    /// command in flight, however fast they come.
     pub fn submit_many(&self, context: u32, count: u64) -> Result<(), RuntimeError> {
+        {
+            let mut counts = lock(&self.backlog.counts);
+            let total = counts.entry(context).or_default();
+            *total = total.saturating_add(count);
+        }
+        if self.backlog.scheduled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         let session = self.session;
+        let backlog = Arc::clone(&self.backlog);
         self.inner.send(Box::new(move |driver, _| {
-            let _ = driver.node.submit(session, context, count);
+            // Clear the mark first: a submission after the take below
+            // schedules a command of its own.
+            backlog.scheduled.store(false, Ordering::Release);
+            let counts = core::mem::take(&mut *lock(&backlog.counts));
+            for (context, count) in counts {
+                let _ = driver.node.submit(session, context, count);
+            }
         }))
     }
 }
@@ -642,32 +723,38 @@ pub struct SignalHandler {
 impl SignalHandler {
     /// Submissions since the last wake-up, without blocking.
     pub fn poll(&self) -> Option<u64> {
-        let count = core::mem::take(&mut *lock(&self.shared.pending));
+        let count = core::mem::take(&mut lock(&self.shared.state).pending);
         (count > 0).then_some(count)
     }
 
-    /// Blocks until signals arrive; returns how many since the last wake-up.
-    pub fn wait(&self) -> u64 {
-        let mut pending = lock(&self.shared.pending);
-        while *pending == 0 {
-            pending = self
+    /// Blocks until signals arrive; returns how many since the last
+    /// wake-up, or [`RuntimeError::Stopped`] once the node has stopped and
+    /// nothing is pending.
+    pub fn wait(&self) -> Result<u64, RuntimeError> {
+        let mut state = lock(&self.shared.state);
+        while state.pending == 0 && !state.stopped {
+            state = self
                 .shared
                 .arrived
-                .wait(pending)
+                .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        core::mem::take(&mut *pending)
+        match core::mem::take(&mut state.pending) {
+            0 => Err(RuntimeError::Stopped),
+            count => Ok(count),
+        }
     }
 
-    /// Like [`SignalHandler::wait`], giving up after `timeout`.
+    /// Like [`SignalHandler::wait`], giving up after `timeout` (or when the
+    /// node stops) with `None`.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<u64> {
-        let pending = lock(&self.shared.pending);
-        let (mut pending, _) = self
+        let state = lock(&self.shared.state);
+        let (mut state, _) = self
             .shared
             .arrived
-            .wait_timeout_while(pending, timeout, |p| *p == 0)
+            .wait_timeout_while(state, timeout, |s| s.pending == 0 && !s.stopped)
             .unwrap_or_else(PoisonError::into_inner);
-        let count = core::mem::take(&mut *pending);
+        let count = core::mem::take(&mut state.pending);
         (count > 0).then_some(count)
     }
 }
@@ -712,7 +799,7 @@ pub struct RomSubscriber {
 impl RomSubscriber {
     /// The current version: complete and verified, never partial.
     pub fn current(&self) -> Option<Arc<RomVersion>> {
-        lock(&self.shared.current).clone()
+        lock(&self.shared.state).current.clone()
     }
 
     /// Blocks until the current version is another than `seen` (the
@@ -725,18 +812,21 @@ impl RomSubscriber {
         seen: Option<&Arc<RomVersion>>,
         timeout: Duration,
     ) -> Option<Arc<RomVersion>> {
-        let current = lock(&self.shared.current);
-        let same = |c: &mut Option<Arc<RomVersion>>| match (c.as_ref(), seen) {
-            (None, None) => true,
-            (Some(c), Some(s)) => Arc::ptr_eq(c, s),
-            _ => false,
+        let state = lock(&self.shared.state);
+        let unchanged = |state: &mut RomState| {
+            !state.stopped
+                && match (state.current.as_ref(), seen) {
+                    (None, None) => true,
+                    (Some(c), Some(s)) => Arc::ptr_eq(c, s),
+                    _ => false,
+                }
         };
-        let (current, _) = self
+        let (state, _) = self
             .shared
             .changed
-            .wait_timeout_while(current, timeout, same)
+            .wait_timeout_while(state, timeout, unchanged)
             .unwrap_or_else(PoisonError::into_inner);
-        current.clone()
+        state.current.clone()
     }
 }
 

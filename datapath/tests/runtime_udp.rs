@@ -922,3 +922,95 @@ fn hostile_datagrams_are_counted_drops_and_never_disturb_an_honest_peer() {
     });
     assert_ne!(b.peer_state("mallory").unwrap(), PeerState::Up);
 }
+
+/// A handler that uses the runtime of its own node from the datapath
+/// thread: the runtime must refuse (it would wait for itself) instead of
+/// hanging the node.
+struct Reentrant {
+    node: Arc<Mutex<Option<Runtime>>>,
+    outcome: Arc<Mutex<Option<String>>>,
+}
+
+impl xrelay_datapath::marshal::Dispatch for Reentrant {
+    fn interface_id(&self) -> u32 {
+        7
+    }
+
+    fn dispatch(&mut self, _opcode: u16, _args: &[u8], reply: &mut Vec<u8>) -> i32 {
+        reply.clear();
+        let guard = self.node.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = guard.as_ref().map(Runtime::stats);
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{result:?}"));
+        0
+    }
+}
+
+#[test]
+fn a_handler_that_calls_its_own_runtime_gets_an_error_not_a_deadlock() {
+    let (a, b) = pair();
+    let node = Arc::new(Mutex::new(None));
+    let outcome = Arc::new(Mutex::new(None));
+    b.export_rpc(
+        "reentrant",
+        Reentrant {
+            node: Arc::clone(&node),
+            outcome: Arc::clone(&outcome),
+        },
+    )
+    .unwrap();
+    *node.lock().unwrap() = Some(b);
+    let mut session = a.open_rpc("b", "reentrant").unwrap();
+    let mut reply = Vec::new();
+    assert_eq!(session.call(7, 0, &[], &mut reply), Ok(0));
+    let seen = outcome.lock().unwrap().clone().unwrap();
+    assert!(seen.contains("WouldDeadlock"), "{seen}");
+    // The node still works.
+    assert_eq!(session.call(7, 0, &[], &mut reply), Ok(0));
+    let b = node.lock().unwrap().take().unwrap();
+    assert!(b.stats().is_ok());
+}
+
+#[test]
+fn waiting_handles_wake_when_the_node_stops() {
+    let (a, b) = pair();
+    let handler = b.export_signal("events").unwrap();
+    let publisher = b.export_rom("config").unwrap();
+    let subscriber = a.subscribe_rom("b", "config").unwrap();
+    let seen = wait_for("version 1", Duration::from_secs(10), || {
+        subscriber.current()
+    });
+    let waiter = thread::spawn(move || handler.wait());
+    let watcher = thread::spawn(move || {
+        let start = Instant::now();
+        let _ = subscriber.wait_change(Some(&seen), Duration::from_secs(60));
+        start.elapsed()
+    });
+    thread::sleep(Duration::from_millis(100));
+    drop(publisher);
+    b.shutdown().unwrap();
+    assert_eq!(waiter.join().unwrap(), Err(RuntimeError::Stopped));
+    drop(a);
+    assert!(watcher.join().unwrap() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_flood_of_submissions_coalesces_and_never_starves_the_node() {
+    let (a, b) = pair();
+    let handler = b.export_signal("events").unwrap();
+    let transmitter = a.open_signal("b", "events").unwrap();
+    let total = 2_000_000u64;
+    for _ in 0..total {
+        transmitter.submit().unwrap();
+    }
+    // The node answered in between: it is not buried under commands.
+    assert!(a.stats().is_ok());
+    let mut delivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered < total && Instant::now() < deadline {
+        delivered += handler
+            .wait_timeout(Duration::from_millis(100))
+            .unwrap_or(0);
+    }
+    assert_eq!(delivered, total);
+    assert_eq!(handler.wait_timeout(Duration::from_millis(200)), None);
+}

@@ -562,7 +562,9 @@ impl RpcServer {
     /// Takes a call fragment into account.
     pub fn handle_call(&mut self, now: Instant, call: &RpcCall<'_>) {
         let id = call.request_id;
-        if self.already_executed(id) {
+        // A call still held (assembling, executing, replied) is looked up
+        // first: "executed" only matters for ids no longer held.
+        if !self.calls.contains_key(&id) && self.already_executed(id) {
             return;
         }
         match self.calls.get_mut(&id) {
@@ -731,7 +733,7 @@ impl RpcServer {
         self.executed.insert(request_id);
         while self.executed.len() > self.config.remembered_ids {
             if let Some(oldest) = self.executed.pop_first() {
-                self.forgotten_below = self.forgotten_below.max(oldest + 1);
+                self.forgotten_below = self.forgotten_below.max(oldest.saturating_add(1));
             }
         }
     }
@@ -826,11 +828,64 @@ mod tests {
                 client.handle_reply(*now, &reply);
             }
         }
-        // The reply ACK ends the call.
-        while client.poll_transmit(*now).is_some() {}
+        // The reply ACK ends the call (and frees the server's cached reply).
+        while let Some(message) = client.poll_transmit(*now) {
+            if let Message::RpcAck(ack) = across(message, &mut buf) {
+                server.handle_ack(&ack);
+            }
+        }
         let outcome = client.poll_event().unwrap();
         assert_eq!(outcome.request_id, id);
         assert_eq!(outcome.result, Ok((0, vec![9])));
+    }
+
+    #[test]
+    fn a_call_still_assembling_survives_many_later_calls_being_forgotten() {
+        let config = RpcConfig {
+            remembered_ids: 4,
+            max_fragment: 100,
+            ..RpcConfig::default()
+        };
+        let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
+        let mut buf = Vec::new();
+        let now = Instant::ZERO;
+        // A large call whose fragments after the first are held back.
+        let big = client.call(now, 1, 0, vec![7; 1000]).unwrap();
+        let mut held = Vec::new();
+        while let Some(message) = client.poll_transmit(now) {
+            let bytes = {
+                buf.clear();
+                buf.resize(message.buffer_len(), 0);
+                message.emit(&mut buf);
+                buf.clone()
+            };
+            held.push(bytes);
+        }
+        let first = Message::parse(crate::wire::Kind::RpcCall, &held[0]).unwrap();
+        if let Message::RpcCall(call) = first {
+            server.handle_call(now, &call);
+        }
+        // Ten small calls complete and are forgotten individually.
+        let mut now = now;
+        for _ in 0..10 {
+            round_trip(
+                &mut client,
+                &mut server,
+                &mut now,
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        }
+        // The rest of the large call arrives: it still executes, once.
+        for bytes in &held[1..] {
+            if let Ok(Message::RpcCall(call)) = Message::parse(crate::wire::Kind::RpcCall, bytes) {
+                server.handle_call(now, &call);
+            }
+        }
+        let ready = server.poll_call().expect("the large call was dropped");
+        assert_eq!(ready.request_id, big);
+        assert_eq!(ready.args, vec![7; 1000]);
+        assert!(server.poll_call().is_none());
     }
 
     #[test]

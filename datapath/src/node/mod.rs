@@ -41,7 +41,7 @@ use crate::marshal::{CallError, Dispatch};
 use crate::time::Instant;
 use crate::wire::encap::Endpoint;
 use crate::wire::header::{HEADER_LEN, TAG_LEN};
-use crate::wire::rom::{RomState, HASH_LEN};
+use crate::wire::rom::{RomState, HASH_LEN, MAX_ROM_SIZE};
 use crate::wire::rpc::Acked;
 use crate::wire::session::{
     CloseReason, OpenStatus, Origin, Service, SessionClose, SessionOpen, SessionReply,
@@ -53,6 +53,22 @@ use crate::wire::{Error as WireError, Flags, Frame, Message};
 const RPC_FIXED: usize = 28;
 /// Fixed body bytes before a ROM chunk's data.
 const ROM_FIXED: usize = 24;
+/// An unanswered SESSION_OPEN is repeated with a doubling delay up to this.
+const MAX_OPEN_BACKOFF: Duration = Duration::from_millis(250);
+/// A SESSION_CLOSE of ours is repeated this often until confirmed ...
+const CLOSE_RETRY: Duration = Duration::from_millis(50);
+/// ... at most this many times.
+const CLOSE_TRIES: u32 = 8;
+/// For this long after a session opens here, the client's "unknown
+/// session" may only mean our SESSION_REPLY has not reached it yet.
+const UNCONFIRMED_GRACE: Duration = Duration::from_secs(2);
+
+/// A SESSION_CLOSE of ours waiting for confirmation.
+#[derive(Debug, Clone, Copy, Default)]
+struct Closing {
+    next: Instant,
+    tries: u32,
+}
 
 /// How a node behaves: timing, sizes and limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +89,7 @@ pub struct NodeConfig {
     /// An unacknowledged signal count is repeated this often.
     pub signal_retransmit: Duration,
     /// An unanswered SESSION_OPEN is repeated after this long, doubling up
-    /// to one second.
+    /// to 250 ms.
     pub open_retransmit: Duration,
     /// Sessions a peer may open here.
     pub max_sessions_per_peer: usize,
@@ -135,6 +151,9 @@ pub enum NodeError {
     /// The session has the wrong service for the operation.
     #[error("the session is not a {0} session")]
     WrongService(&'static str),
+    /// ROM content over the wire's limit.
+    #[error("ROM content of {0} bytes exceeds the 1 GiB limit")]
+    TooLarge(usize),
 }
 
 /// A configured peer.
@@ -291,15 +310,17 @@ struct Peer {
     /// This node's client sessions on the peer.
     clients: BTreeMap<SessionId, ClientSession>,
     control: VecDeque<(u32, Control)>,
-    /// Channels of our sessions given up while the peer was down, to close
-    /// on the peer when it is back.
-    stale: Vec<u32>,
+    /// Channels of our sessions to close on the peer: repeated while it
+    /// is up until it confirms (with a SESSION_CLOSE of its own) or
+    /// [`CLOSE_TRIES`] have gone out.
+    closing: BTreeMap<u32, Closing>,
     /// Bytes of unfinished RPC messages in the peer's served sessions.
     assembling: usize,
     /// Round robin over sessions: the next served channel and client
     /// session to ask for output first.
     served_turn: u32,
     client_turn: SessionId,
+    served_first: bool,
 }
 
 impl Peer {
@@ -342,6 +363,8 @@ pub struct Node {
     stats: NodeStats,
     peer_turn: usize,
     reply: Vec<u8>,
+    /// Seeded by the incarnation: open ids and channel numbers.
+    rng: fastrand::Rng,
 }
 
 impl core::fmt::Debug for Node {
@@ -370,6 +393,7 @@ impl Node {
         config.rom.chunk_size = u32::try_from(room - ROM_FIXED)
             .unwrap_or(u32::MAX)
             .min(u32::from(u16::MAX));
+        let mut rng = fastrand::Rng::with_seed(config.incarnation);
         Ok(Node {
             config,
             peers: Vec::new(),
@@ -377,7 +401,10 @@ impl Node {
             export_labels: BTreeMap::new(),
             clients: BTreeMap::new(),
             next_session: 1,
-            next_open_id: 1,
+            // Random per incarnation, as are channel numbers: ids of a
+            // previous run still in flight must not match this run's.
+            next_open_id: rng.u32(1..),
+            rng,
             events: VecDeque::new(),
             stats: NodeStats::default(),
             peer_turn: 0,
@@ -416,15 +443,16 @@ impl Node {
             sequence: self.config.initial_sequence,
             served: BTreeMap::new(),
             served_opens: BTreeMap::new(),
-            next_channel: 1,
+            next_channel: self.rng.u32(1..),
             open: BTreeMap::new(),
             opening: BTreeMap::new(),
             clients: BTreeMap::new(),
             control: VecDeque::new(),
-            stale: Vec::new(),
+            closing: BTreeMap::new(),
             assembling: 0,
             served_turn: 0,
             client_turn: SessionId(0),
+            served_first: false,
         });
         Ok(PeerId(self.peers.len() - 1))
     }
@@ -512,6 +540,11 @@ impl Node {
         module: ExportId,
         content: Option<(Vec<u8>, [u8; HASH_LEN])>,
     ) -> Result<u64, NodeError> {
+        if let Some((data, _)) = &content {
+            if data.len() as u64 > MAX_ROM_SIZE {
+                return Err(NodeError::TooLarge(data.len()));
+            }
+        }
         let Some(Export::Rom(current)) = self.exports.get_mut(module.0) else {
             return Err(NodeError::Unknown("ROM module"));
         };
@@ -608,6 +641,14 @@ impl Node {
         self.peers[p].clients.get_mut(&session)
     }
 
+    /// The channel the server gave `session`, while it is open.
+    pub fn channel_of(&self, session: SessionId) -> Option<u32> {
+        match self.client(session)?.phase {
+            Phase::Open { channel } => Some(channel),
+            _ => None,
+        }
+    }
+
     /// Whether `session` is open now.
     pub fn is_open(&self, session: SessionId) -> bool {
         matches!(
@@ -629,15 +670,7 @@ impl Node {
         match client.phase {
             Phase::Open { channel } => {
                 peer.open.remove(&channel);
-                peer.queue_control(
-                    &mut self.stats,
-                    self.config.max_control_queue,
-                    channel,
-                    Control::Close {
-                        reason: CloseReason::Normal,
-                        origin: Origin::Client,
-                    },
-                );
+                peer.closing.insert(channel, Closing::default());
             }
             Phase::Opening { open_id, .. } => {
                 peer.opening.remove(&open_id);
@@ -790,7 +823,7 @@ impl Node {
                     // The peer lost every session, ours and its own.
                     self.drop_served(p);
                     self.interrupt_clients(now, p, false);
-                    self.peers[p].stale.clear();
+                    self.peers[p].closing.clear();
                     self.reopen_interrupted(now, p);
                 }
                 PeerEvent::Down => {
@@ -850,7 +883,7 @@ impl Node {
             return;
         };
         if let (true, Phase::Open { channel }) = (close_old, client.phase) {
-            peer.stale.push(channel);
+            peer.closing.insert(channel, Closing::default());
         }
         let error = CallError::Unreachable(format!("{} went down or restarted", peer.name));
         fail_calls(&mut self.events, id, client, &error);
@@ -887,9 +920,20 @@ impl Node {
             self.stats.malformed += 1;
             return;
         }
+        let export = self
+            .export_labels
+            .get(&(u8::from(open.service), open.label.to_owned()))
+            .copied();
         let peer = &mut self.peers[p];
-        // A repeated open (our reply was lost) gets the same channel.
-        if let Some(&existing) = peer.served_opens.get(&open.open_id) {
+        // A repeated open (our reply was lost) gets the same channel; the
+        // same id for another service or label is a new open (of a
+        // restarted client whose heartbeat we have not seen yet).
+        let repeated = peer
+            .served_opens
+            .get(&open.open_id)
+            .copied()
+            .filter(|channel| peer.served.get(channel).map(|s| s.export) == export);
+        if let Some(existing) = repeated {
             peer.queue_control(
                 &mut self.stats,
                 limit,
@@ -901,10 +945,6 @@ impl Node {
             );
             return;
         }
-        let export = self
-            .export_labels
-            .get(&(u8::from(open.service), open.label.to_owned()))
-            .copied();
         let status = match export {
             None => OpenStatus::NoRoute,
             Some(_) if peer.served.len() >= self.config.max_sessions_per_peer => {
@@ -943,6 +983,7 @@ impl Node {
                 open_id: open.open_id,
                 engine,
                 confirmed: false,
+                created: now,
             },
         );
         peer.served_opens.insert(open.open_id, channel);
@@ -961,20 +1002,13 @@ impl Node {
         let Some(id) = self.peers[p].opening.remove(&reply.open_id) else {
             // A duplicate reply (harmless) or the late answer to an open
             // given up: close that session on the server.
+            let peer = &mut self.peers[p];
             if reply.status == OpenStatus::Accepted
                 && channel != 0
-                && !self.peers[p].open.contains_key(&channel)
+                && !peer.open.contains_key(&channel)
+                && peer.closing.len() < self.config.max_control_queue
             {
-                let limit = self.config.max_control_queue;
-                self.peers[p].queue_control(
-                    &mut self.stats,
-                    limit,
-                    channel,
-                    Control::Close {
-                        reason: CloseReason::Normal,
-                        origin: Origin::Client,
-                    },
-                );
+                peer.closing.entry(channel).or_default();
             }
             return;
         };
@@ -1002,7 +1036,7 @@ impl Node {
             // or the application closes the session; calls meanwhile fail
             // as unreachable.
             *next_send = now + *backoff;
-            *backoff = (*backoff * 2).min(Duration::from_secs(1));
+            *backoff = (*backoff * 2).min(MAX_OPEN_BACKOFF);
             self.stats.refused_reopens += 1;
             self.peers[p].opening.insert(reply.open_id, id);
         } else {
@@ -1027,8 +1061,13 @@ impl Node {
                 // "Unknown session" before the client ever used the
                 // channel means our reply has not reached it yet (frames
                 // overtook it), not that it lost the session.
+                // A client that never learnt the channel at all says so
+                // for good after a while.
                 let premature = close.reason == CloseReason::Unknown
-                    && peer.served.get(&channel).is_some_and(|s| !s.confirmed);
+                    && peer
+                        .served
+                        .get(&channel)
+                        .is_some_and(|s| !s.confirmed && now < s.created + UNCONFIRMED_GRACE);
                 if premature {
                     return;
                 }
@@ -1038,9 +1077,26 @@ impl Node {
                         peer.assembling -= server.assembling_bytes();
                     }
                 }
+                if close.reason == CloseReason::Normal {
+                    // Confirm, so the client stops repeating its close.
+                    let limit = self.config.max_control_queue;
+                    peer.queue_control(
+                        &mut self.stats,
+                        limit,
+                        channel,
+                        Control::Close {
+                            reason: CloseReason::Normal,
+                            origin: Origin::Server,
+                        },
+                    );
+                }
             }
             // The peer as server closes a session we opened.
             Origin::Server => {
+                if self.peers[p].closing.remove(&channel).is_some() {
+                    // The confirmation of our own close.
+                    return;
+                }
                 let Some(id) = self.peers[p].open.remove(&channel) else {
                     return;
                 };
@@ -1243,8 +1299,14 @@ impl Node {
             };
             return emit(&mut peer.sequence, channel, message, buf);
         }
-        if peer.liveness.state() == PeerState::Up {
-            if let Some(channel) = peer.stale.pop() {
+        if peer.liveness.state() != PeerState::Down {
+            let due = peer.closing.iter_mut().find(|(_, c)| c.next <= now);
+            if let Some((&channel, closing)) = due {
+                closing.next = now + CLOSE_RETRY;
+                closing.tries += 1;
+                if closing.tries >= CLOSE_TRIES {
+                    peer.closing.remove(&channel);
+                }
                 let message = Message::SessionClose(SessionClose {
                     reason: CloseReason::Normal,
                     origin: Origin::Client,
@@ -1252,10 +1314,20 @@ impl Node {
                 return emit(&mut peer.sequence, channel, message, buf);
             }
         }
-        if let Some(len) = self.transmit_clients(now, p, buf) {
-            return Some(len);
+        // Client and served sessions take turns going first, so a long
+        // upload cannot hold back replies and ROM chunks.
+        peer.served_first = !peer.served_first;
+        if peer.served_first {
+            if let Some(len) = self.transmit_served(now, p, buf) {
+                return Some(len);
+            }
+            self.transmit_clients(now, p, buf)
+        } else {
+            if let Some(len) = self.transmit_clients(now, p, buf) {
+                return Some(len);
+            }
+            self.transmit_served(now, p, buf)
         }
-        self.transmit_served(now, p, buf)
     }
 
     fn transmit_clients(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
@@ -1285,7 +1357,7 @@ impl Node {
                             continue;
                         }
                         *next_send = now + *backoff;
-                        *backoff = (*backoff * 2).min(Duration::from_secs(1));
+                        *backoff = (*backoff * 2).min(MAX_OPEN_BACKOFF);
                         let message = Message::SessionOpen(SessionOpen {
                             open_id: *open_id,
                             service: client.service,
@@ -1358,6 +1430,7 @@ impl Node {
     /// new input (a heartbeat, a retransmission, a deadline).
     pub fn poll_timeout(&self) -> Instant {
         let mut next = Instant::from_nanos(u64::MAX);
+        let probe_after = self.config.rom.announce_interval * 4;
         for peer in &self.peers {
             next = next.min(peer.liveness.poll_timeout());
             if !peer.control.is_empty() {
@@ -1368,16 +1441,23 @@ impl Node {
                     next = next.min(at);
                 }
             }
-        }
-        for client in self.peers.iter().flat_map(|p| p.clients.values()) {
-            match client.phase {
-                Phase::Opening { next_send, .. } => next = next.min(next_send),
-                Phase::Open { .. } => {
-                    if let Some(at) = client.poll_timeout() {
-                        next = next.min(at);
-                    }
+            // Opens and closes wait while the peer is down.
+            let down = peer.liveness.state() == PeerState::Down;
+            if !down {
+                if let Some(closing) = peer.closing.values().map(|c| c.next).min() {
+                    next = next.min(closing);
                 }
-                Phase::Closed => {}
+            }
+            for client in peer.clients.values() {
+                match client.phase {
+                    Phase::Opening { next_send, .. } if !down => next = next.min(next_send),
+                    Phase::Open { .. } => {
+                        if let Some(at) = client.poll_timeout(probe_after) {
+                            next = next.min(at);
+                        }
+                    }
+                    Phase::Opening { .. } | Phase::Closed => {}
+                }
             }
         }
         next

@@ -90,15 +90,19 @@ impl ClientSession {
         }))
     }
 
-    /// When this session's engine next wants to run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When this session's engine (or the subscriber's probe, see
+    /// [`ClientSession::probe`]) next wants to run.
+    pub fn poll_timeout(&self, probe_after: Duration) -> Option<Instant> {
         match &self.engine {
             ClientEngine::Rpc(client) => client.poll_timeout(),
             ClientEngine::Signal(senders) => senders
                 .values()
                 .filter_map(SignalSender::poll_timeout)
                 .min(),
-            ClientEngine::Rom(receiver) => receiver.poll_timeout(),
+            ClientEngine::Rom(receiver) => {
+                let probe = self.heard + probe_after;
+                Some(receiver.poll_timeout().map_or(probe, |at| at.min(probe)))
+            }
         }
     }
 }
@@ -121,6 +125,8 @@ pub(super) struct ServedSession {
     /// The client has sent a frame on the session, so it knows the
     /// channel: only then does its "unknown session" mean it lost it.
     pub confirmed: bool,
+    /// When the session was opened.
+    pub created: Instant,
 }
 
 impl ServedSession {
