@@ -67,7 +67,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Keys to put (each is put, read back, half are deleted and all read
-    /// again: 2.5 calls per key, plus one stats call).
+    /// again: 3.5 calls per key, plus one stats call).
     #[arg(long, default_value_t = 400)]
     keys: u32,
     /// Print exactly one JSON object instead of the readable summary.
