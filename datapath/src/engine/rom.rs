@@ -19,8 +19,13 @@
 //!
 //! # Retransmission
 //!
-//! Selective repeat, no go-back-N. The sender keeps one bit per chunk
-//! (acknowledged) and one send time per chunk:
+//! Selective repeat, no go-back-N. The sender keeps, for the chunks from
+//! the first unacknowledged one up to [`MAX_WINDOW`] past it (no ack
+//! describes, and no credit allows, a chunk further on), one bit each
+//! (acknowledged) and a record of the last transmission (when, and
+//! whether it was a resend), in rings indexed by chunk index; a record
+//! names its chunk, so a slot's previous chunk is never taken for its
+//! current one, and a chunk past the ring is never sent:
 //!
 //! * **Credit.** Chunk `i` is sent (first time or again) only if
 //!   `i < base + window`, with `base` and `window` from the subscriber's
@@ -76,9 +81,14 @@
 //! (doubling up to `announce_interval` while nothing changes).
 //!
 //! Memory per transfer: the content (shared by all sessions through the
-//! [`Arc`]), plus on the sender 8 bytes and 3 bits per chunk, on the
-//! subscriber the assembly buffer and 1 bit per chunk. Work per frame is
-//! bounded by [`MAX_WINDOW`], never by the module size (hashing the
+//! [`Arc`]), plus on the sender state bounded by the window, not by the
+//! module size: with `r` the smaller of the chunk count and
+//! [`MAX_WINDOW`], 16 bytes and 1 bit per chunk of the ring and a resend
+//! queue of at most `r` chunks: below `24.125 r + 24` bytes in all, about
+//! 193 KiB per session at most ([`RomSender::state_bytes`]), however
+//! large the module a subscriber asks for on however many sessions. On
+//! the subscriber: the assembly buffer and 1 bit per chunk. Work per frame
+//! is bounded by [`MAX_WINDOW`], never by the module size (hashing the
 //! content once on completion aside).
 //!
 //! # Driving
@@ -277,26 +287,32 @@ pub struct RomSender {
 }
 
 /// The sender's state of one transfer of the current version.
+///
+/// Everything per chunk covers only the chunks from the first
+/// unacknowledged one (`acked.below()`) up to [`MAX_WINDOW`] past it, in
+/// rings indexed by chunk index: acks describe no chunk further on (a
+/// bitmap covers [`MAX_WINDOW`] chunks past its `base`, and the newest
+/// `base` is the first unacknowledged chunk), nor does the credit let one
+/// be sent. So the state is bounded by the window, never by the module
+/// size (see [`RomSender::state_bytes`]).
 #[derive(Debug)]
 struct Transfer {
     count: u32,
-    /// Chunks the subscriber acknowledged.
-    acked: ChunkBits,
-    /// Every chunk below this is acknowledged.
-    acked_below: u32,
+    /// Chunks the subscriber acknowledged; `acked.below()` is the first
+    /// one it has not.
+    acked: AckedChunks,
     /// One past the highest chunk acknowledged: unacknowledged chunks
     /// below it are holes.
     acked_end: u32,
-    /// Chunks below this have been sent at least once.
+    /// Chunks below this have been sent at least once (or were
+    /// acknowledged before they were).
     frontier: u32,
-    /// Last transmission of each chunk below `frontier`.
-    sent_at: Vec<Instant>,
-    /// Chunks sent more than once: their acks give no RTT sample (Karn).
-    resent: ChunkBits,
-    /// Chunks to send again, in the order their loss became known.
+    /// The last transmission of each chunk in flight.
+    sent: SendLog,
+    /// Chunks to send again, in the order their loss became known; only
+    /// unacknowledged ones once an ack is merged, so at most one entry per
+    /// chunk of the ring.
     resend: VecDeque<u32>,
-    /// The chunks in `resend`.
-    queued: ChunkBits,
     /// Credit from the newest ack: chunks below `credit_base + window` may be in flight.
     credit_base: u32,
     window: u32,
@@ -312,14 +328,11 @@ impl Transfer {
     fn new(count: u32, config: &RomConfig, now: Instant) -> Self {
         Transfer {
             count,
-            acked: ChunkBits::new(count),
-            acked_below: 0,
+            acked: AckedChunks::new(count),
             acked_end: 0,
             frontier: 0,
-            sent_at: vec![Instant::ZERO; count as usize],
-            resent: ChunkBits::new(count),
+            sent: SendLog::new(count),
             resend: VecDeque::new(),
-            queued: ChunkBits::new(count),
             credit_base: 0,
             window: config.window,
             retransmit_at: now + config.retransmit_after,
@@ -333,23 +346,43 @@ impl Transfer {
         u64::from(self.credit_base) + u64::from(self.window)
     }
 
+    /// One past the highest chunk index that may be sent: the credit, and
+    /// never beyond the send log's ring from the first unacknowledged
+    /// chunk (the credit never reaches that far, since the newest `base`
+    /// is the first unacknowledged chunk and the window is at most
+    /// [`MAX_WINDOW`]; this keeps a send from overwriting the record of
+    /// a chunk still in flight whatever the acks said).
+    fn send_limit(&self) -> u64 {
+        let ring_end = u64::from(self.acked.below()) + self.sent.ring_len();
+        self.limit().min(ring_end)
+    }
+
+    /// Heap bytes held.
+    fn state_bytes(&self) -> usize {
+        self.acked.heap_bytes() + self.sent.heap_bytes() + self.resend.capacity() * size_of::<u32>()
+    }
+
     /// Queues for resending every unacknowledged, not yet queued chunk
-    /// from `acked_below` up to `end` (and the frontier) last sent at
-    /// least `age` ago. Returns when the youngest of the others is that
-    /// old. Work: the span (at most [`MAX_WINDOW`] chunks), a word of bits
-    /// at a time, plus one step per unacknowledged chunk.
+    /// from the first unacknowledged one up to `end` (and the frontier)
+    /// last sent at least `age` ago. Returns when the youngest of the
+    /// others is that old. Work: the span (at most [`MAX_WINDOW`] chunks),
+    /// a word of bits at a time, plus one step per unacknowledged chunk.
     fn queue_older_than(&mut self, now: Instant, end: u32, age: Duration) -> Option<Instant> {
         let end = end.min(self.frontier);
         let mut youngest_due: Option<Instant> = None;
-        let mut index = self.acked.next_zero(self.acked_below);
+        let mut index = self.acked.next_zero(self.acked.below());
         while index < end {
-            if !self.queued.get(index) {
-                let due = self.sent_at[index as usize] + age;
-                if due <= now {
-                    self.queued.set(index);
-                    self.resend.push_back(index);
-                } else {
-                    youngest_due = Some(youngest_due.map_or(due, |at| at.min(due)));
+            // Every unacknowledged chunk below the frontier was sent, and
+            // its record is still in the ring: see `send_limit`.
+            if let Some(sent) = self.sent.get_mut(index) {
+                if !sent.queued {
+                    let due = sent.at + age;
+                    if due <= now {
+                        sent.queued = true;
+                        self.resend.push_back(index);
+                    } else {
+                        youngest_due = Some(youngest_due.map_or(due, |at| at.min(due)));
+                    }
                 }
             }
             index = self.acked.next_zero(index + 1);
@@ -366,16 +399,18 @@ impl Transfer {
             .unwrap_or(u32::MAX)
             .min(self.frontier);
         let mut probe = None;
-        let mut index = self.acked.next_zero(self.acked_below);
+        let mut index = self.acked.next_zero(self.acked.below());
         while index < end {
-            if self.sent_at[index as usize] + age <= now {
+            let sent_at = self.sent.get(index).map(|sent| sent.at);
+            if sent_at.is_some_and(|at| at + age <= now) {
                 probe = Some(index);
             }
             index = self.acked.next_zero(index + 1);
         }
-        if let Some(index) = probe {
-            if self.queued.set(index) {
-                self.resend.push_back(index);
+        if let Some(sent) = probe.and_then(|index| self.sent.get_mut(index)) {
+            if !sent.queued {
+                sent.queued = true;
+                self.resend.push_back(sent.chunk);
             }
         }
     }
@@ -383,11 +418,13 @@ impl Transfer {
     /// The chunk to send now, if the credit allows one, and whether it is
     /// a resend.
     fn next_chunk(&mut self, now: Instant) -> Option<(u32, bool)> {
-        let limit = self.limit();
+        let limit = self.send_limit();
         while let Some(&index) = self.resend.front() {
             if self.acked.get(index) {
                 self.resend.pop_front();
-                self.queued.unset(index);
+                if let Some(sent) = self.sent.get_mut(index) {
+                    sent.queued = false;
+                }
                 continue;
             }
             if u64::from(index) >= limit {
@@ -395,9 +432,7 @@ impl Transfer {
                 return None;
             }
             self.resend.pop_front();
-            self.queued.unset(index);
-            self.resent.set(index);
-            self.sent_at[index as usize] = now;
+            self.sent.record(index, now, true);
             return Some((index, true));
         }
         // Skip chunks acknowledged before they were sent (only a confused
@@ -408,7 +443,7 @@ impl Transfer {
         if self.frontier < self.count && u64::from(self.frontier) < limit {
             let index = self.frontier;
             self.frontier += 1;
-            self.sent_at[index as usize] = now;
+            self.sent.record(index, now, false);
             return Some((index, false));
         }
         None
@@ -501,11 +536,10 @@ impl RomSender {
         }
         // The highest chunk this ack acknowledges for the first time.
         let mut newest = None;
-        // Cumulative part: each chunk is marked at most once per transfer.
-        for index in transfer.acked_below..ack.base {
-            if transfer.acked.set(index) {
-                newest = Some(index);
-            }
+        // Cumulative part: every chunk below `base` has arrived.
+        if ack.base > transfer.acked.below() {
+            newest = transfer.acked.last_zero_below(ack.base);
+            transfer.acked.advance(ack.base);
         }
         // Selective part: bit i stands for chunk base + i.
         for (byte_index, &byte) in ack.bitmap.iter().take(MAX_BITMAP_LEN).enumerate() {
@@ -525,7 +559,8 @@ impl RomSender {
                 }
             }
         }
-        transfer.acked_below = transfer.acked.next_zero(transfer.acked_below);
+        let first_missing = transfer.acked.next_zero(transfer.acked.below());
+        transfer.acked.advance(first_missing);
         if ack.base >= transfer.credit_base {
             transfer.credit_base = ack.base;
             transfer.window = ack.window.clamp(1, MAX_WINDOW);
@@ -536,7 +571,7 @@ impl RomSender {
         transfer.acked_end = transfer.acked_end.max(newest + 1);
         transfer.silent_rounds = 0;
         transfer.retransmit_at = now + self.config.retransmit_after;
-        if transfer.acked_below > transfer.credit_base {
+        if transfer.acked.below() > transfer.credit_base {
             // The acks add up to more than any one of them says: the
             // subscriber threw away what it had acknowledged. Start over.
             *transfer = Transfer::new(transfer.count, &self.config, now);
@@ -544,11 +579,17 @@ impl RomSender {
             return;
         }
         // The most recently sent chunk acknowledged gives an RTT sample,
-        // unless it was sent more than once (whose ack would it be?).
-        if newest < transfer.frontier && !transfer.resent.get(newest) {
-            let sample = now.saturating_since(transfer.sent_at[newest as usize]);
+        // unless it was sent more than once (whose ack would it be?). A
+        // chunk newly acknowledged was in flight, so its record is in the
+        // ring if it was sent at all.
+        if let Some(sent) = transfer.sent.get(newest).filter(|sent| !sent.resent) {
+            let sample = now.saturating_since(sent.at);
             self.srtt = Some(self.srtt.map_or(sample, |srtt| (srtt * 7 + sample) / 8));
         }
+        // Resends this ack made unnecessary would only be skipped later;
+        // dropping them now keeps the queue within the ring.
+        let acked = &transfer.acked;
+        transfer.resend.retain(|&index| !acked.get(index));
         let delay = reorder_delay(self.srtt, self.config.retransmit_after);
         let end = transfer.acked_end;
         transfer.hole_at = transfer.queue_older_than(now, end, delay);
@@ -626,6 +667,19 @@ impl RomSender {
     /// Whether no transfer is in progress.
     pub fn is_idle(&self) -> bool {
         self.transfer.is_none()
+    }
+
+    /// The memory (heap bytes) this sender holds for its transfer besides
+    /// the shared content; 0 when idle. It depends on the window, not on
+    /// the module size: with `r` the smaller of the chunk count and
+    /// [`MAX_WINDOW`], `16 r` bytes of send records, `8 ⌈r / 64⌉` bytes of
+    /// acknowledgement bits, and 4 bytes per slot of the resend queue,
+    /// which holds at most `r` chunks in a buffer that grows by doubling
+    /// (so fewer than `2 r + 4` slots): below `24.125 r + 24` bytes, about
+    /// 193 KiB for `r = MAX_WINDOW` (161 KiB with the queue full, 129 KiB
+    /// without resends).
+    pub fn state_bytes(&self) -> usize {
+        self.transfer.as_ref().map_or(0, Transfer::state_bytes)
     }
 
     /// Counters.
@@ -1103,7 +1157,8 @@ fn reorder_delay(srtt: Option<Duration>, retransmit_after: Duration) -> Duration
         .max(MIN_INTERVAL)
 }
 
-/// One bit per chunk, with a count of the bits set.
+/// One bit per chunk, with a count of the bits set: the chunks a
+/// subscriber holds.
 #[derive(Debug, Clone)]
 struct ChunkBits {
     words: Vec<u64>,
@@ -1118,10 +1173,6 @@ impl ChunkBits {
             len,
             ones: 0,
         }
-    }
-
-    fn get(&self, index: u32) -> bool {
-        index < self.len && self.words[(index / 64) as usize] & (1 << (index % 64)) != 0
     }
 
     /// Sets bit `index`; returns whether it was clear (and in range).
@@ -1139,6 +1190,9 @@ impl ChunkBits {
         true
     }
 
+    /// Clears bit `index`. The subscriber only ever sets bits (or clears
+    /// them all); its tests clear single ones.
+    #[cfg(test)]
     fn unset(&mut self, index: u32) {
         if index < self.len {
             let word = &mut self.words[(index / 64) as usize];
@@ -1187,6 +1241,226 @@ impl ChunkBits {
     }
 }
 
+/// The chunks a subscriber acknowledged, as its sender needs them: every
+/// chunk below `below`, and one bit each for the chunks from `below` up
+/// to the ring's capacity past it (at least [`MAX_WINDOW`], or all chunks
+/// of a smaller module), in a ring of words indexed by chunk index. No
+/// chunk further on is acknowledged: a merged ack's bitmap reaches at
+/// most [`MAX_WINDOW`] chunks past its `base`, which is at most `below`.
+#[derive(Debug)]
+struct AckedChunks {
+    len: u32,
+    below: u32,
+    words: Box<[u64]>,
+}
+
+impl AckedChunks {
+    fn new(len: u32) -> Self {
+        let bits = len.min(MAX_WINDOW) as usize;
+        AckedChunks {
+            len,
+            below: 0,
+            words: vec![0; bits.div_ceil(64)].into_boxed_slice(),
+        }
+    }
+
+    /// The first chunk not acknowledged (or the chunk count).
+    fn below(&self) -> u32 {
+        self.below
+    }
+
+    /// One past the last chunk the ring describes (or the chunk count).
+    fn ring_end(&self) -> u32 {
+        let capacity = 64 * self.words.len() as u64;
+        u32::try_from(u64::from(self.below) + capacity)
+            .unwrap_or(u32::MAX)
+            .min(self.len)
+    }
+
+    /// The word holding chunk `index`'s bit, at bit `index % 64`; the
+    /// capacity is a multiple of 64, so a word holds 64 consecutive chunks.
+    fn word(&self, index: u32) -> usize {
+        (index / 64) as usize % self.words.len()
+    }
+
+    fn get(&self, index: u32) -> bool {
+        if index < self.below {
+            return true;
+        }
+        index < self.ring_end() && self.words[self.word(index)] & (1 << (index % 64)) != 0
+    }
+
+    /// Acknowledges `index`; returns whether it was not yet. A chunk past
+    /// the ring cannot be acknowledged (no ack reaches it).
+    fn set(&mut self, index: u32) -> bool {
+        if index < self.below || index >= self.ring_end() {
+            return false;
+        }
+        let word = self.word(index);
+        let bit = 1 << (index % 64);
+        let was_clear = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        was_clear
+    }
+
+    /// Acknowledges every chunk below `to`, moving the ring on: the bits
+    /// of the chunks it passes are cleared for the chunks that take their
+    /// place.
+    fn advance(&mut self, to: u32) {
+        let to = to.min(self.len);
+        if to <= self.below {
+            return;
+        }
+        let end = to.min(self.ring_end());
+        let mut index = self.below;
+        while index < end {
+            let offset = index % 64;
+            let bits = (64 - offset).min(end - index);
+            let mask = (u64::MAX >> (64 - bits)) << offset;
+            let word = self.word(index);
+            self.words[word] &= !mask;
+            index += bits;
+        }
+        self.below = to;
+    }
+
+    /// The first chunk at or after `from` not acknowledged, or the chunk
+    /// count; a word at a time.
+    fn next_zero(&self, from: u32) -> u32 {
+        let end = self.ring_end();
+        let mut index = from.max(self.below);
+        if index >= end {
+            // Past the ring nothing is acknowledged.
+            return index.min(self.len);
+        }
+        while index < end {
+            let offset = index % 64;
+            let word = self.words[self.word(index)] | ((1u64 << offset) - 1);
+            if word != u64::MAX {
+                // A bit past `end` in this word belongs to a chunk at the
+                // start of the ring; past the ring nothing is acknowledged.
+                return (index - offset + (!word).trailing_zeros()).min(end);
+            }
+            index = index - offset + 64;
+        }
+        end
+    }
+
+    /// The last chunk below `end` not acknowledged, if any; a word at a
+    /// time.
+    fn last_zero_below(&self, end: u32) -> Option<u32> {
+        let end = end.min(self.len);
+        if end <= self.below {
+            return None;
+        }
+        if end > self.ring_end() {
+            // Past the ring nothing is acknowledged.
+            return Some(end - 1);
+        }
+        let mut top = end - 1;
+        loop {
+            let offset = top % 64;
+            let first = (top - offset).max(self.below);
+            // Bits `first % 64 ..= offset` of the word: the chunks
+            // `first..=top`.
+            let mask = (u64::MAX >> (63 - offset)) & (u64::MAX << (first % 64));
+            let zeros = !self.words[self.word(top)] & mask;
+            if zeros != 0 {
+                return Some(top - offset + (63 - zeros.leading_zeros()));
+            }
+            if first == self.below {
+                return None;
+            }
+            top = first - 1;
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        size_of_val(&*self.words)
+    }
+}
+
+/// What a sender remembers of a chunk's last transmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    /// The chunk this record belongs to: a ring slot is shared by every
+    /// chunk index with the same remainder.
+    chunk: u32,
+    /// When it was sent last.
+    at: Instant,
+    /// It was sent more than once: its ack gives no RTT sample (Karn).
+    resent: bool,
+    /// It is in the resend queue.
+    queued: bool,
+}
+
+/// The last transmission of each chunk in flight, in a ring of records
+/// indexed by chunk index modulo its length: the smaller of the chunk
+/// count and [`MAX_WINDOW`], which covers every chunk that may be in
+/// flight (from the first unacknowledged one, within the credit). A
+/// record names its chunk, so the record of a chunk that has left the
+/// window is never taken for that of the chunk now in its slot.
+#[derive(Debug)]
+struct SendLog {
+    ring: Box<[Option<Sent>]>,
+}
+
+/// 16 bytes a record: the flags share the padding, `None` a niche.
+const _: () = assert!(size_of::<Option<Sent>>() == 16);
+
+impl SendLog {
+    fn new(count: u32) -> Self {
+        SendLog {
+            ring: vec![None; count.min(MAX_WINDOW) as usize].into_boxed_slice(),
+        }
+    }
+
+    fn ring_len(&self) -> u64 {
+        self.ring.len() as u64
+    }
+
+    fn slot(&self, index: u32) -> usize {
+        index as usize % self.ring.len().max(1)
+    }
+
+    /// The record of chunk `index`, if it was sent and its slot has not
+    /// been taken by a later chunk since.
+    fn get(&self, index: u32) -> Option<&Sent> {
+        self.ring
+            .get(self.slot(index))?
+            .as_ref()
+            .filter(|sent| sent.chunk == index)
+    }
+
+    fn get_mut(&mut self, index: u32) -> Option<&mut Sent> {
+        let slot = self.slot(index);
+        self.ring
+            .get_mut(slot)?
+            .as_mut()
+            .filter(|sent| sent.chunk == index)
+    }
+
+    /// Chunk `index` is sent now (not queued any more). A resend stays
+    /// marked as one.
+    fn record(&mut self, index: u32, now: Instant, resend: bool) {
+        let slot = self.slot(index);
+        let Some(entry) = self.ring.get_mut(slot) else {
+            return;
+        };
+        let resent = resend || entry.is_some_and(|sent| sent.chunk == index && sent.resent);
+        *entry = Some(Sent {
+            chunk: index,
+            at: now,
+            resent,
+            queued: false,
+        });
+    }
+
+    fn heap_bytes(&self) -> usize {
+        size_of_val(&*self.ring)
+    }
+}
+
 /// BLAKE3-256 of `data`.
 fn content_hash(data: &[u8]) -> [u8; HASH_LEN] {
     blake3::hash(data).into()
@@ -1194,6 +1468,7 @@ fn content_hash(data: &[u8]) -> [u8; HASH_LEN] {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
     use std::collections::{BTreeMap, HashMap};
 
     use super::*;
@@ -2181,6 +2456,233 @@ mod tests {
         });
         assert!(full.is_full());
         assert_eq!(full.next_zero(0), 64);
+    }
+
+    /// The bound [`RomSender::state_bytes`] documents, for a ring of `r`
+    /// chunks.
+    fn state_bound(r: usize) -> usize {
+        16 * r + 8 * r.div_ceil(64) + 4 * (2 * r + 4)
+    }
+
+    #[test]
+    fn a_large_module_under_loss_keeps_the_sender_state_within_the_window() {
+        // 131072 chunks of 16 bytes, sixteen times MAX_WINDOW, with the
+        // whole credit in use: the rings wrap around many times.
+        let config = RomConfig {
+            chunk_size: 16,
+            window: MAX_WINDOW,
+            ack_every: 256,
+            ..RomConfig::default()
+        };
+        let v1 = Arc::new(RomVersion::valid(1, content(170, 2 << 20)));
+        let count = chunk_count(v1.size(), config.chunk_size);
+        assert_eq!(count, 16 * MAX_WINDOW);
+        let mut sim = Sim::start(config, &v1, 14);
+        sim.faults = Faults {
+            loss: 0.05,
+            duplicate: 0.01,
+            reorder: 0.10,
+        };
+        let most = Cell::new(0);
+        assert!(sim.run_until(Duration::from_secs(30), |s| {
+            most.set(most.get().max(s.tx.state_bytes()));
+            s.holds(&v1) && s.tx.is_idle()
+        }));
+        assert_eq!(sim.rx.current().unwrap().data, v1.data);
+        assert_eq!(sim.events.len(), 1);
+        assert_eq!(sim.rx.stats().hash_failures, 0);
+        let tx = sim.tx.stats();
+        assert!(tx.chunks_resent > 0, "losses were repaired");
+        assert_eq!((tx.transfers_completed, tx.transfers_restarted), (1, 0));
+        assert_eq!(sim.credit_violations, 0);
+        assert_eq!(sim.max_ahead, u64::from(MAX_WINDOW));
+        assert_eq!(sim.tx.state_bytes(), 0, "nothing is held once idle");
+
+        let r = MAX_WINDOW as usize;
+        let most = most.get();
+        assert!(most >= 16 * r, "the rings were allocated: {most}");
+        assert!(most <= state_bound(r), "{most} bytes");
+        // Less than a fifth of what 8 bytes of send time per chunk alone took.
+        assert!(5 * state_bound(r) < 8 * count as usize);
+    }
+
+    #[test]
+    fn the_sender_state_does_not_grow_with_the_module() {
+        let config = RomConfig {
+            chunk_size: 1,
+            window: MAX_WINDOW,
+            ..RomConfig::default()
+        };
+        // A window sent, every other chunk of it acknowledged, the rest
+        // resent: the most the sender holds.
+        let state_after_a_lossy_window = |len: usize| {
+            let version = Arc::new(RomVersion::valid(1, content(180, len)));
+            let mut tx = RomSender::new(config, 5, version, at(0));
+            let request = RomRequest {
+                module: 5,
+                have_version: 0,
+            };
+            tx.handle_request(at(0), &request);
+            let chunks = |tx: &mut RomSender, now: Instant| {
+                let mut chunks = 0;
+                while let Some(message) = tx.poll_transmit(now) {
+                    chunks += usize::from(matches!(message, Message::RomChunk(_)));
+                }
+                chunks
+            };
+            let window = MAX_WINDOW.min(u32::try_from(len).unwrap()) as usize;
+            assert_eq!(chunks(&mut tx, at(0)), window);
+            let ack = RomAck {
+                module: 5,
+                version: 1,
+                base: 0,
+                window: MAX_WINDOW,
+                bitmap: &[0b1010_1010; MAX_BITMAP_LEN],
+            };
+            tx.handle_ack(at(1), &ack);
+            assert_eq!(chunks(&mut tx, at(10)), window / 2, "the holes");
+            assert_eq!(tx.stats().chunks_resent, window as u64 / 2);
+            tx.state_bytes()
+        };
+        // 1 MiB in 1-byte chunks: more chunks than 1 GiB has in the default
+        // 1400-byte ones.
+        let huge = state_after_a_lossy_window(1 << 20);
+        let large = state_after_a_lossy_window(20_000);
+        assert_eq!(huge, large);
+        assert!(huge <= state_bound(MAX_WINDOW as usize), "{huge} bytes");
+        // A module smaller than the window needs a ring only as large.
+        let small = state_after_a_lossy_window(100);
+        assert!(small <= state_bound(100), "{small} bytes");
+    }
+
+    #[test]
+    fn sends_stop_at_the_end_of_the_ring_whatever_the_credit() {
+        // A credit reaching past the ring (which no sequence of acks
+        // produces: the newest base is the first unacknowledged chunk)
+        // still lets no chunk past it go, which would take the slot of a
+        // chunk in flight.
+        let config = RomConfig {
+            window: MAX_WINDOW,
+            ..RomConfig::default()
+        };
+        let mut transfer = Transfer::new(3 * MAX_WINDOW, &config, at(0));
+        transfer.credit_base = 100;
+        let sent: Vec<u32> = std::iter::from_fn(|| transfer.next_chunk(at(0)))
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(sent, (0..MAX_WINDOW).collect::<Vec<_>>());
+        assert!(transfer.sent.get(0).is_some(), "chunk 0 keeps its record");
+    }
+
+    #[test]
+    fn send_records_are_never_taken_for_another_chunk() {
+        let mut log = SendLog::new(3 * MAX_WINDOW);
+        assert_eq!(log.ring_len(), u64::from(MAX_WINDOW));
+        assert_eq!(log.get(7), None, "never sent");
+        log.record(7, at(1), false);
+        log.record(7, at(2), true);
+        log.record(7, at(3), false);
+        assert_eq!(
+            log.get(7).map(|sent| (sent.at, sent.resent)),
+            Some((at(3), true)),
+            "a chunk once resent stays marked"
+        );
+        // Chunk 7 + MAX_WINDOW shares chunk 7's slot.
+        let next = 7 + MAX_WINDOW;
+        assert_eq!(log.get(next), None, "the slot holds chunk 7");
+        assert_eq!(log.get_mut(next), None);
+        log.record(next, at(4), false);
+        assert_eq!(log.get(7), None, "chunk 7's record is gone");
+        assert_eq!(
+            log.get(next)
+                .map(|sent| (sent.chunk, sent.at, sent.resent, sent.queued)),
+            Some((next, at(4), false, false))
+        );
+        // A module smaller than MAX_WINDOW: a slot per chunk.
+        let small = SendLog::new(10);
+        assert_eq!(small.ring_len(), 10);
+        assert_eq!(small.heap_bytes(), 10 * 16);
+    }
+
+    #[test]
+    fn acked_chunks_follow_a_full_bitmap_within_the_ring() {
+        let mut rng = fastrand::Rng::with_seed(190);
+        let lens = [
+            1,
+            63,
+            64,
+            65,
+            1000,
+            MAX_WINDOW - 1,
+            MAX_WINDOW,
+            MAX_WINDOW + 1,
+        ];
+        for len in lens.into_iter().chain([5 * MAX_WINDOW + 17]) {
+            let mut acked = AckedChunks::new(len);
+            let mut model = vec![false; len as usize];
+            let next_zero = |model: &[bool], from: u32| {
+                (from..len).find(|&i| !model[i as usize]).unwrap_or(len)
+            };
+            for _ in 0..1500 {
+                let below = acked.below();
+                let ring_end = acked.ring_end();
+                assert_eq!(
+                    ring_end,
+                    (below + MAX_WINDOW.min(len).next_multiple_of(64)).min(len)
+                );
+                match rng.u32(0..20) {
+                    0 => {
+                        // A cumulative ack, possibly past the ring.
+                        let to = below.saturating_add(rng.u32(0..=3 * MAX_WINDOW)).min(len);
+                        let newest = (below..to).rev().find(|&i| !model[i as usize]);
+                        assert_eq!(acked.last_zero_below(to), newest);
+                        acked.advance(to);
+                        model[below as usize..to as usize].fill(true);
+                    }
+                    1..=2 => {
+                        let to = acked.next_zero(below);
+                        assert_eq!(to, next_zero(&model, below));
+                        acked.advance(to);
+                    }
+                    3 => {
+                        if ring_end < len {
+                            assert!(!acked.set(ring_end), "past the ring");
+                        }
+                    }
+                    _ => {
+                        if ring_end > below {
+                            let index = rng.u32(below..ring_end);
+                            assert_eq!(acked.set(index), !model[index as usize]);
+                            model[index as usize] = true;
+                        }
+                    }
+                }
+                let below = acked.below();
+                assert!(model[..below as usize].iter().all(|&bit| bit));
+                for _ in 0..4 {
+                    let index = rng.u32(0..=len);
+                    let expected = index < len && model[index as usize];
+                    assert_eq!(acked.get(index), expected, "get({index})");
+                    let from = if rng.bool() {
+                        index
+                    } else {
+                        below.saturating_add(rng.u32(0..=MAX_WINDOW + 64)).min(len)
+                    };
+                    assert_eq!(
+                        acked.next_zero(from),
+                        next_zero(&model, from),
+                        "next_zero({from})"
+                    );
+                    let end = rng.u32(0..=len);
+                    let expected = (below..end).rev().find(|&i| !model[i as usize]);
+                    assert_eq!(
+                        acked.last_zero_below(end),
+                        expected,
+                        "last_zero_below({end})"
+                    );
+                }
+            }
+        }
     }
 
     fn announce_of(module: u32, version: &RomVersion, chunk_size: u32) -> RomAnnounce {
