@@ -9,12 +9,15 @@
 //! * [`example`]: a worked example interface (a key-value store) used by
 //!   tests, the demo and the documentation.
 //! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC, ROM).
+//! * [`netns`]: test hosts in network namespaces joined by veth (demo,
+//!   tests, benchmarks).
 //! * [`node`]: a relay node, sans-IO: every engine of every session with
 //!   every peer behind one receive call and one transmit call.
 //! * [`runtime`]: the application API: a datapath thread driving a node,
 //!   and handles for RPC sessions, signals and ROM modules.
 //! * [`time`]: the engines' notion of time (no clock inside an engine).
-//! * [`transport`]: links that move relay frames in batches (`mem`, `udp`).
+//! * [`transport`]: links that move relay frames in batches (`mem`, `udp`,
+//!   `xdp`).
 #![deny(unsafe_code)]
 
 // The macros of xrelay-macros name this crate by its path; this lets them
@@ -24,6 +27,7 @@ extern crate self as xrelay_datapath;
 pub mod engine;
 pub mod example;
 pub mod marshal;
+pub mod netns;
 pub mod node;
 pub mod runtime;
 pub mod time;

@@ -7,7 +7,9 @@
 //!   deterministic protocol tests;
 //! * [`udp`]: kernel UDP sockets with `sendmmsg`/`recvmmsg` batches; the
 //!   datagram payload is exactly the relay frame, so UDP and AF_XDP nodes
-//!   interoperate.
+//!   interoperate;
+//! * [`xdp`]: AF_XDP rings and UMEM frames with the project's own XDP
+//!   program, bypassing the kernel's network stack.
 //!
 //! # Driving a transport
 //!
@@ -23,6 +25,7 @@ use crate::wire::encap::Endpoint;
 
 pub mod mem;
 pub mod udp;
+pub mod xdp;
 
 /// Why a transport operation failed. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]

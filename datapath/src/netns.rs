@@ -1,0 +1,215 @@
+//! Test hosts in network namespaces: two namespaces joined by a veth pair,
+//! for the demo, the tests and the benchmarks of the AF_XDP transport.
+//!
+//! Names are unique per process and pair (`xr<pid>n<k>a`, `xr<pid>n<k>b`),
+//! so tests can run in parallel; addresses come from 198.18.0.0/15 (the
+//! range reserved for benchmarking) and live only inside the namespaces
+//! created here. Everything is removed when the [`VethPair`] is dropped,
+//! also when a test fails. The commands are `ip` (iproute2) and `ethtool`.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::wire::encap::Endpoint;
+use crate::wire::ethernet::EthernetAddress;
+
+/// Why a topology could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// A command failed.
+    #[error("`{command}` failed: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error output or the reason it did not run.
+        detail: String,
+    },
+    /// Entering a namespace failed.
+    #[error("entering network namespace {name}: {detail}")]
+    Enter {
+        /// The namespace.
+        name: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Runs a command; its failure is an error with the command's stderr.
+pub fn run(args: &[&str]) -> Result<String, NetnsError> {
+    let command = args.join(" ");
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| NetnsError::Command {
+            command: command.clone(),
+            detail: format!("{e} (is iproute2 installed? scripts/setup)"),
+        })?;
+    if !output.status.success() {
+        return Err(NetnsError::Command {
+            command,
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A network namespace created here; deleted on drop.
+#[derive(Debug)]
+pub struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    /// Creates namespace `name` with its loopback up.
+    pub fn create(name: &str) -> Result<Namespace, NetnsError> {
+        run(&["ip", "netns", "add", name])?;
+        let ns = Namespace {
+            name: name.to_owned(),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String, NetnsError> {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Moves the calling thread into the namespace (sockets it creates
+    /// from now on live there).
+    pub fn enter(&self) -> Result<(), NetnsError> {
+        enter(&self.name)
+    }
+}
+
+/// Moves the calling thread into the network namespace `name`.
+pub fn enter(name: &str) -> Result<(), NetnsError> {
+    let error = |detail: String| NetnsError::Enter {
+        name: name.to_owned(),
+        detail,
+    };
+    let file = File::open(format!("/var/run/netns/{name}")).map_err(|e| error(e.to_string()))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| error(format!("setns: {e} (needs CAP_SYS_ADMIN)")))
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// One end of a [`VethPair`].
+#[derive(Debug)]
+pub struct Host {
+    /// Its namespace.
+    pub ns: Namespace,
+    /// The veth interface inside it.
+    pub interface: String,
+    /// Its address (UDP port left 0).
+    pub endpoint: Endpoint,
+}
+
+/// Two namespaces joined by a veth pair: `a` at 198.18.0.1, `b` at
+/// 198.18.0.2, with fixed Ethernet addresses and TX checksum offload off
+/// (so kernel senders produce complete checksums for XDP receivers).
+#[derive(Debug)]
+pub struct VethPair {
+    /// The first host.
+    pub a: Host,
+    /// The second host.
+    pub b: Host,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl VethPair {
+    /// Builds the topology with `queues` channels on each veth end.
+    pub fn new(queues: u32) -> Result<VethPair, NetnsError> {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let name = |side: char| format!("xr{pid}n{k}{side}");
+        let (ns_a, ns_b) = (
+            Namespace::create(&name('a'))?,
+            Namespace::create(&name('b'))?,
+        );
+        let (if_a, if_b) = (name('a'), name('b'));
+        let queues = queues.max(1).to_string();
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &if_a,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "netns",
+            ns_a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &if_b,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "netns",
+            ns_b.name(),
+        ])?;
+        let host = |ns: Namespace, interface: String, n: u8| -> Result<Host, NetnsError> {
+            let ip = Ipv4Addr::new(198, 18, 0, n);
+            let mac = EthernetAddress([0x02, 0x78, 0x72, 0, 0, n]);
+            let mac_text = format!("02:78:72:00:00:{n:02x}");
+            ns.exec(&["ip", "link", "set", &interface, "address", &mac_text])?;
+            ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &interface])?;
+            ns.exec(&["ip", "link", "set", &interface, "up"])?;
+            ns.exec(&["ethtool", "-K", &interface, "tx", "off"])?;
+            Ok(Host {
+                ns,
+                interface,
+                endpoint: Endpoint { mac, ip, port: 0 },
+            })
+        };
+        let a = host(ns_a, if_a, 1)?;
+        let b = host(ns_b, if_b, 2)?;
+        // Each side knows the other's address without ARP.
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            from.ns.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &to.endpoint.ip.to_string(),
+                "lladdr",
+                &format_mac(to.endpoint.mac),
+                "dev",
+                &from.interface,
+            ])?;
+        }
+        Ok(VethPair { a, b })
+    }
+}
+
+fn format_mac(mac: EthernetAddress) -> String {
+    let b = mac.0;
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5]
+    )
+}
+
+/// Whether an XDP program is attached to `interface` in namespace `ns`.
+pub fn xdp_attached(ns: &Namespace, interface: &str) -> Result<bool, NetnsError> {
+    let out = ns.exec(&["ip", "link", "show", "dev", interface])?;
+    Ok(out.contains(" xdp") || out.contains("prog/xdp"))
+}

@@ -1,0 +1,472 @@
+//! The AF_XDP transport: relay frames move through UMEM frames and the
+//! fill, RX, TX and completion rings of one AF_XDP socket, bypassing the
+//! kernel's network stack; our own XDP program (see [`program`]) steers
+//! relay frames to the socket and passes everything else to the kernel.
+//!
+//! * **UMEM**: `frame_count` frames of `frame_size` bytes. Half start in the
+//!   fill ring (for receiving), half in the transport's free pool (for
+//!   sending). Every frame is, at any time, in exactly one place: the
+//!   kernel (fill or TX ring, in flight), the RX batch being handed to the
+//!   caller, the free pool, or the batch queued for TX.
+//! * **Receive**: a batch of RX descriptors; each frame is parsed in place
+//!   (Ethernet, IPv4 and UDP checksums verified), the relay frame is handed
+//!   to the caller as a slice of the UMEM, and the frame goes straight back
+//!   to the fill ring.
+//! * **Send**: [`Transport::send`] offers the caller the relay-frame part
+//!   of a free UMEM frame; the outer headers and checksums are written in
+//!   place around it. [`Transport::flush`] puts the batch on the TX ring
+//!   and kicks the kernel only when the ring asks for a wakeup.
+//! * No allocation, lock or syscall per frame: the batches are
+//!   preallocated; syscalls are one `sendto` kick per flush (when needed)
+//!   and a fill-ring wakeup when the driver sleeps.
+//!
+//! Modes: the XDP program attaches `native`, `generic` or `auto` (native,
+//! else generic); the socket binds `zerocopy`, `copy` or `auto` (zero-copy,
+//! else copy; veth only does copy). [`XdpTransport::modes`] says what was
+//! obtained.
+#![expect(
+    unsafe_code,
+    reason = "AF_XDP rings and UMEM frames are shared with the kernel; xsk-rs marks their use unsafe"
+)]
+
+pub mod program;
+
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::num::NonZeroU32;
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use self::program::{ProgramStats, XdpProgram};
+use super::{Deliver, Fill, Transport, TransportError};
+use crate::time::Instant;
+use crate::wire::encap::{self, Encapsulation, Endpoint};
+use crate::wire::ethernet::EthernetAddress;
+
+/// How the XDP program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (fastest; veth supports it).
+    Native,
+    /// In the kernel's generic path (works everywhere).
+    Generic,
+    /// Native if the driver can, else generic.
+    Auto,
+}
+
+/// How the AF_XDP socket binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// The NIC DMAs straight into UMEM (needs driver support).
+    ZeroCopy,
+    /// The kernel copies between its buffers and UMEM.
+    Copy,
+    /// Zero-copy if the driver can, else copy.
+    Auto,
+}
+
+/// Configuration of an [`XdpTransport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The interface (in the calling thread's network namespace).
+    pub interface: String,
+    /// The receive queue to bind.
+    pub queue: u32,
+    /// This node's IPv4 address (UDP encapsulation).
+    pub ip: Ipv4Addr,
+    /// Outer encapsulation; its port or EtherType is what the XDP program
+    /// redirects.
+    pub encap: Encapsulation,
+    /// The interface's MTU (IP packet size).
+    pub mtu: usize,
+    /// Bytes per UMEM frame (2048 or 4096).
+    pub frame_size: u32,
+    /// UMEM frames (a power of two).
+    pub frame_count: u32,
+    /// Frames per receive and send batch.
+    pub batch: usize,
+    /// XDP attach mode.
+    pub attach: AttachMode,
+    /// Socket bind mode.
+    pub bind: BindMode,
+}
+
+impl XdpConfig {
+    /// Defaults for `interface` with address `ip`.
+    pub fn new(interface: &str, ip: Ipv4Addr) -> XdpConfig {
+        XdpConfig {
+            interface: interface.to_owned(),
+            queue: 0,
+            ip,
+            encap: Encapsulation::default(),
+            mtu: 1500,
+            frame_size: 2048,
+            frame_count: 4096,
+            batch: 64,
+            attach: AttachMode::Auto,
+            bind: BindMode::Auto,
+        }
+    }
+}
+
+/// What an [`XdpTransport`] has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    /// Relay frames handed to the caller.
+    pub received: u64,
+    /// Frames put on the TX ring.
+    pub sent: u64,
+    /// Received frames that are not a relay frame for this endpoint
+    /// (checksums, addresses, lengths), dropped.
+    pub dropped: u64,
+    /// `send` calls refused because every frame was in flight.
+    pub tx_full: u64,
+    /// Kicks of the kernel (TX `sendto`, fill-ring wakeups).
+    pub wakeups: u64,
+}
+
+/// A [`Transport`] over one AF_XDP socket (see the module documentation).
+/// Not `Send`: create it on the thread that drives it.
+pub struct XdpTransport {
+    config: XdpConfig,
+    local: Endpoint,
+    umem: Umem,
+    fill: FillQueue,
+    comp: CompQueue,
+    tx: TxQueue,
+    rx: RxQueue,
+    /// Frames owned by user space, free for sending.
+    free: Vec<FrameDesc>,
+    /// Frames written by `send`, waiting for `flush`.
+    pending: Vec<FrameDesc>,
+    /// Scratch for RX and completion descriptors.
+    batch: Vec<FrameDesc>,
+    max_frame_len: usize,
+    program: XdpProgram,
+    bind: BindMode,
+    stats: XdpStats,
+}
+
+impl std::fmt::Debug for XdpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpTransport")
+            .field("interface", &self.config.interface)
+            .field("queue", &self.config.queue)
+            .field("local", &self.local)
+            .field("modes", &self.modes())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_error(what: &str, detail: impl std::fmt::Display) -> TransportError {
+    TransportError::Config(format!("{what}: {detail}"))
+}
+
+/// The Ethernet address of `interface` in the calling thread's network
+/// namespace.
+pub fn interface_mac(interface: &str) -> Result<EthernetAddress, TransportError> {
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| config_error("listing interfaces (getifaddrs)", e))?;
+    for ifaddr in addrs {
+        if ifaddr.interface_name != interface {
+            continue;
+        }
+        if let Some(link) = ifaddr.address.as_ref().and_then(|a| a.as_link_addr()) {
+            if let Some(mac) = link.addr() {
+                return Ok(EthernetAddress(mac));
+            }
+        }
+    }
+    Err(config_error(
+        &format!("interface {interface}"),
+        "not found in this network namespace (or it has no Ethernet address)",
+    ))
+}
+
+impl XdpTransport {
+    /// Attaches the XDP program to the interface, creates the UMEM and the
+    /// socket, and binds it to the configured queue.
+    pub fn new(config: XdpConfig) -> Result<XdpTransport, TransportError> {
+        let frame_count = NonZeroU32::new(config.frame_count)
+            .filter(|n| n.is_power_of_two() && n.get() >= 64)
+            .ok_or_else(|| config_error("frame_count", "must be a power of two, at least 64"))?;
+        let ring =
+            QueueSize::new(frame_count.get() / 2).map_err(|e| config_error("ring size", e))?;
+        let frame_size =
+            FrameSize::new(config.frame_size).map_err(|e| config_error("frame_size", e))?;
+        let mac = interface_mac(&config.interface)?;
+        let local = Endpoint {
+            mac,
+            ip: config.ip,
+            port: match config.encap {
+                Encapsulation::Udp { port } => port,
+                Encapsulation::Ethernet { .. } => 0,
+            },
+        };
+        let header_len = config.encap.header_len();
+        // The relay frame must fit the MTU (IP packet) and the UMEM frame.
+        let ip_overhead = header_len - crate::wire::ethernet::HEADER_LEN;
+        let max_frame_len = config
+            .mtu
+            .checked_sub(ip_overhead)
+            .ok_or_else(|| config_error("mtu", "too small"))?
+            .min(config.frame_size as usize - header_len - 256);
+
+        let mut program = XdpProgram::attach(&config.interface, config.attach, config.encap)?;
+
+        let umem_config = UmemConfig::builder()
+            .frame_size(frame_size)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| config_error("UMEM configuration", e))?;
+        let (umem, mut frames) = Umem::new(umem_config, frame_count, false).map_err(|e| {
+            config_error(
+                "creating the UMEM (locked memory: raise RLIMIT_MEMLOCK or run as root)",
+                e,
+            )
+        })?;
+        let interface = Interface::new(
+            CString::new(config.interface.clone())
+                .map_err(|e| config_error("interface name", e))?,
+        );
+        let binds: &[(BindMode, BindFlags)] = match config.bind {
+            BindMode::ZeroCopy => &[(BindMode::ZeroCopy, BindFlags::XDP_ZEROCOPY)],
+            BindMode::Copy => &[(BindMode::Copy, BindFlags::XDP_COPY)],
+            BindMode::Auto => &[
+                (BindMode::ZeroCopy, BindFlags::XDP_ZEROCOPY),
+                (BindMode::Copy, BindFlags::XDP_COPY),
+            ],
+        };
+        let mut last = None;
+        let mut created = None;
+        for &(mode, flags) in binds {
+            let socket_config = SocketConfig::builder()
+                .rx_queue_size(ring)
+                .tx_queue_size(ring)
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .xdp_flags(XdpFlags::empty())
+                .bind_flags(flags | BindFlags::XDP_USE_NEED_WAKEUP)
+                .build();
+            // SAFETY: the UMEM is fresh and used by this socket only; its
+            // frames are handed out below, each to exactly one place.
+            match unsafe { Socket::new(socket_config, &umem, &interface, config.queue) } {
+                Ok(socket) => {
+                    created = Some((mode, socket));
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some((bind, (tx, rx, Some((mut fill, comp))))) = created else {
+            return Err(config_error(
+                &format!(
+                    "binding an AF_XDP socket to {} queue {}",
+                    config.interface, config.queue
+                ),
+                last.map_or_else(
+                    || "no fill and completion rings".to_owned(),
+                    |e| e.to_string(),
+                ),
+            ));
+        };
+        program.register(config.queue, std::os::fd::AsRawFd::as_raw_fd(rx.fd()))?;
+
+        let half = frames.len() / 2;
+        let free = frames.split_off(half);
+        // SAFETY: these frames belong to this UMEM and nobody else holds
+        // them; from here they are the kernel's until RX returns them.
+        let filled = unsafe { fill.produce(&frames) };
+        if filled != frames.len() {
+            return Err(config_error("the fill ring", "refused the initial frames"));
+        }
+        let batch_len = config.batch.clamp(1, half);
+        Ok(XdpTransport {
+            local,
+            umem,
+            fill,
+            comp,
+            tx,
+            rx,
+            pending: Vec::with_capacity(free.len()),
+            free,
+            batch: vec![FrameDesc::default(); batch_len],
+            max_frame_len,
+            program,
+            bind,
+            stats: XdpStats::default(),
+            config,
+        })
+    }
+
+    /// The attach and bind modes obtained.
+    pub fn modes(&self) -> (AttachMode, BindMode) {
+        (self.program.mode(), self.bind)
+    }
+
+    /// Counters of this socket.
+    pub fn stats(&self) -> XdpStats {
+        self.stats
+    }
+
+    /// Counters of the XDP program (all queues of the interface).
+    pub fn program_stats(&self) -> Result<ProgramStats, TransportError> {
+        self.program.stats()
+    }
+
+    /// Takes back the frames the kernel has finished sending.
+    fn reclaim(&mut self) {
+        let batch = self.batch.len();
+        loop {
+            // SAFETY: the completion ring only returns frames of this
+            // UMEM that we put on the TX ring; they are ours again.
+            let n = unsafe { self.comp.consume(&mut self.batch[..batch]) };
+            self.free.extend_from_slice(&self.batch[..n]);
+            if n < batch {
+                break;
+            }
+        }
+    }
+}
+
+impl Transport for XdpTransport {
+    fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    fn local_endpoint(&self) -> Endpoint {
+        self.local
+    }
+
+    fn recv(
+        &mut self,
+        _now: Instant,
+        budget: usize,
+        deliver: &mut Deliver<'_>,
+    ) -> Result<usize, TransportError> {
+        let want = budget.min(self.batch.len());
+        // SAFETY: the RX ring returns frames of this UMEM that the kernel
+        // has filled; they are ours until we put them on the fill ring.
+        let n = unsafe { self.rx.consume(&mut self.batch[..want]) };
+        let mut delivered = 0;
+        for desc in &self.batch[..n] {
+            // SAFETY: `desc` came from our RX ring (above) and is read
+            // only here, before it goes back to the fill ring.
+            let data = unsafe { self.umem.data(desc) };
+            match encap::parse(data.contents(), self.config.encap) {
+                Ok((src, dst, relay)) if dst == self.local => {
+                    deliver(src, relay);
+                    delivered += 1;
+                }
+                _ => self.stats.dropped += 1,
+            }
+        }
+        if n > 0 {
+            // SAFETY: the frames were read above and are not used again
+            // until the RX ring returns them.
+            let refilled = unsafe { self.fill.produce(&self.batch[..n]) };
+            debug_assert_eq!(refilled, n, "the fill ring has room for every RX frame");
+            if refilled != n {
+                // Cannot happen (the fill ring holds every frame); keep
+                // them rather than lose them.
+                self.free.extend_from_slice(&self.batch[..n]);
+            }
+        }
+        if self.fill.needs_wakeup() {
+            self.stats.wakeups += 1;
+            self.fill
+                .wakeup(self.rx.fd_mut(), 0)
+                .map_err(|source| TransportError::Syscall {
+                    call: "poll",
+                    source,
+                })?;
+        }
+        self.stats.received += delivered as u64;
+        Ok(delivered)
+    }
+
+    fn send(&mut self, fill: &mut Fill<'_>) -> Result<bool, TransportError> {
+        if self.free.is_empty() {
+            self.reclaim();
+        }
+        let Some(mut desc) = self.free.pop() else {
+            self.stats.tx_full += 1;
+            return Ok(false);
+        };
+        let header_len = self.config.encap.header_len();
+        // SAFETY: `desc` was in the free pool: no ring and no other
+        // reference holds it.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        let capacity = cursor.buf_len();
+        cursor.set_pos(capacity);
+        let buf = data.contents_mut();
+        let end = (header_len + self.max_frame_len).min(buf.len());
+        let Some((dst, len)) = fill(&mut buf[header_len..end]) else {
+            self.free.push(desc);
+            return Ok(true);
+        };
+        if len > self.max_frame_len {
+            self.free.push(desc);
+            return Err(config_error(
+                "send",
+                format!(
+                    "frame of {len} bytes over the {} byte limit",
+                    self.max_frame_len
+                ),
+            ));
+        }
+        let frame_len = self.config.encap.frame_len(len);
+        encap::emit(
+            self.config.encap,
+            &self.local,
+            &dst,
+            len,
+            &mut buf[..frame_len],
+        );
+        data.cursor().set_pos(frame_len);
+        self.pending.push(desc);
+        Ok(true)
+    }
+
+    fn flush(&mut self, _now: Instant) -> Result<(), TransportError> {
+        if !self.pending.is_empty() {
+            // SAFETY: the pending frames are ours (written by `send`) and
+            // are not touched again until the completion ring returns them.
+            let produced = unsafe { self.tx.produce(&self.pending) };
+            if produced == self.pending.len() {
+                self.stats.sent += produced as u64;
+                self.pending.clear();
+            }
+            // Else the TX ring is full: they go with the next flush.
+        }
+        if self.tx.needs_wakeup() {
+            self.stats.wakeups += 1;
+            if let Err(source) = self.tx.wakeup() {
+                // Busy or out of buffers: the kernel goes on with the ring
+                // at the next kick.
+                let transient = matches!(
+                    source.raw_os_error(),
+                    Some(libc_errno) if [
+                        nix::errno::Errno::EAGAIN as i32,
+                        nix::errno::Errno::EBUSY as i32,
+                        nix::errno::Errno::ENOBUFS as i32,
+                        nix::errno::Errno::ENETDOWN as i32,
+                    ].contains(&libc_errno)
+                );
+                if !transient {
+                    return Err(TransportError::Syscall {
+                        call: "sendto",
+                        source,
+                    });
+                }
+            }
+        }
+        self.reclaim();
+        Ok(())
+    }
+}

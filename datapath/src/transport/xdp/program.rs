@@ -1,0 +1,135 @@
+//! The XDP program (`xdp-prog/xrelay.bpf.c`, compiled by `build.rs`):
+//! loading it with the relay's port or EtherType, attaching it to an
+//! interface through bpf_link (so it goes away with the process), handing
+//! it the AF_XDP sockets, and reading its counters.
+
+use std::os::fd::AsRawFd;
+
+use aya::maps::{MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
+
+use super::AttachMode;
+use crate::transport::TransportError;
+use crate::wire::encap::Encapsulation;
+
+/// The compiled program.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xrelay.bpf.o"));
+
+/// What the program has done, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Relay frames redirected to a socket.
+    pub redirected: u64,
+    /// Frames passed to the kernel (not ours).
+    pub passed: u64,
+    /// Relay frames for a queue without a socket (passed to the kernel).
+    pub no_socket: u64,
+}
+
+/// The program, loaded and attached to one interface. Dropping it detaches
+/// it.
+#[derive(Debug)]
+pub struct XdpProgram {
+    ebpf: Ebpf,
+    mode: AttachMode,
+}
+
+fn error(what: &str, detail: impl std::fmt::Display) -> TransportError {
+    TransportError::Config(format!("{what}: {detail}"))
+}
+
+impl XdpProgram {
+    /// Loads the program for `encap` and attaches it to `interface` in
+    /// `mode` (`Auto`: native, else generic).
+    pub fn attach(
+        interface: &str,
+        mode: AttachMode,
+        encap: Encapsulation,
+    ) -> Result<XdpProgram, TransportError> {
+        let (port, ethertype): (u16, u16) = match encap {
+            Encapsulation::Udp { port } => (port, 0),
+            Encapsulation::Ethernet { ethertype } => (0, ethertype),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("relay_port", &port, true)
+            .override_global("relay_ethertype", &ethertype, true)
+            .load(OBJECT)
+            .map_err(|e| {
+                error(
+                    "loading the XDP program (needs CAP_BPF and CAP_NET_ADMIN, or root)",
+                    e,
+                )
+            })?;
+        let program: &mut Xdp = ebpf
+            .program_mut("xrelay")
+            .ok_or_else(|| error("the XDP object", "has no program `xrelay`"))?
+            .try_into()
+            .map_err(|e| error("the XDP object", e))?;
+        program
+            .load()
+            .map_err(|e| error("the kernel refused the XDP program", e))?;
+        let tries: &[(AttachMode, XdpMode)] = match mode {
+            AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
+            AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
+            AttachMode::Auto => &[
+                (AttachMode::Native, XdpMode::Driver),
+                (AttachMode::Generic, XdpMode::Skb),
+            ],
+        };
+        let mut last = None;
+        for &(obtained, xdp_mode) in tries {
+            match program.attach(interface, xdp_mode) {
+                Ok(_) => {
+                    return Ok(XdpProgram {
+                        ebpf,
+                        mode: obtained,
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(error(
+            &format!("attaching the XDP program to {interface} ({mode:?} mode)"),
+            last.map_or_else(|| "no mode to try".to_owned(), |e| e.to_string()),
+        ))
+    }
+
+    /// The attach mode obtained.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Directs relay frames arriving on `queue` to the socket `fd`.
+    pub fn register(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), TransportError> {
+        let map = self
+            .ebpf
+            .map_mut("xsks")
+            .ok_or_else(|| error("the XDP object", "has no map `xsks`"))?;
+        let mut xsks: XskMap<&mut MapData> =
+            XskMap::try_from(map).map_err(|e| error("the XSKMAP", e))?;
+        xsks.set(queue, fd, 0)
+            .map_err(|e| error(&format!("registering the socket of queue {queue}"), e))
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn stats(&self) -> Result<ProgramStats, TransportError> {
+        let map = self
+            .ebpf
+            .map("stats")
+            .ok_or_else(|| error("the XDP object", "has no map `stats`"))?;
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| error("the stats map", e))?;
+        let sum = |index: u32| -> Result<u64, TransportError> {
+            let values = stats
+                .get(&index, 0)
+                .map_err(|e| error("reading the stats map", e))?;
+            Ok(values.iter().sum())
+        };
+        Ok(ProgramStats {
+            redirected: sum(0)?,
+            passed: sum(1)?,
+            no_socket: sum(2)?,
+        })
+    }
+}
