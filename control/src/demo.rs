@@ -29,35 +29,36 @@ use std::time::Duration;
 use xrelay_datapath::engine::rom::RomVersion;
 use xrelay_datapath::example::{KvError, KvStoreClient, KvStoreServer, MemoryStore, StoreStats};
 use xrelay_datapath::marshal::RpcError;
+use xrelay_datapath::netns::{self, VethPair};
 use xrelay_datapath::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use xrelay_datapath::time::MonotonicClock;
 use xrelay_datapath::transport::mem::{host_endpoint, Faults, MemNetwork};
 use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
+use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
+use xrelay_datapath::transport::TransportError;
+use xrelay_datapath::wire::encap::{Endpoint, DEFAULT_UDP_PORT};
 use xrelay_datapath::wire::rom::RomState;
 
 /// The transports the demo runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportKind {
-    /// The in-process network (frames are real Ethernet+IPv4+UDP bytes).
-    Mem,
+    /// AF_XDP where this process may (root: namespaces, XDP, AF_XDP),
+    /// else udp, saying so.
+    Auto,
+    /// AF_XDP sockets on a veth pair between two network namespaces the
+    /// demo creates (and removes).
+    Xdp,
     /// Kernel UDP sockets on 127.0.0.1.
     Udp,
-}
-
-impl TransportKind {
-    fn name(self) -> &'static str {
-        match self {
-            TransportKind::Mem => "mem",
-            TransportKind::Udp => "udp",
-        }
-    }
+    /// The in-process network (frames are real Ethernet+IPv4+UDP bytes).
+    Mem,
 }
 
 /// Options of `xrelay demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Which transport carries the frames.
-    #[arg(long, value_enum, default_value_t = TransportKind::Mem)]
+    #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
     transport: TransportKind,
     /// Frame loss probability of the `mem` network (with it come 5 %
     /// duplicates and 10 % reordering).
@@ -105,15 +106,38 @@ pub fn run(args: &Args) -> ExitCode {
     }
     let started = std::time::Instant::now();
     let mut report = Report::default();
-    if let Err(error) = exercise(args, &mut report) {
-        report.failures.push(error);
+    let nodes = match args.transport {
+        TransportKind::Auto => start(args, TransportKind::Xdp).or_else(|error| {
+            eprintln!("xrelay demo: AF_XDP is not available here ({error}); using udp");
+            start(args, TransportKind::Udp)
+        }),
+        kind => start(args, kind),
+    };
+    let transport = match &nodes {
+        Ok(nodes) => nodes.transport,
+        Err(_) => match args.transport {
+            TransportKind::Mem => "mem",
+            TransportKind::Udp => "udp",
+            TransportKind::Xdp | TransportKind::Auto => "xdp",
+        },
+    };
+    let link = nodes
+        .as_ref()
+        .map_or_else(|_| String::new(), |n| n.link.clone());
+    match nodes {
+        Ok(nodes) => {
+            if let Err(error) = exercise(args, nodes, &mut report) {
+                report.failures.push(error);
+            }
+        }
+        Err(error) => report.failures.push(format!("starting the nodes: {error}")),
     }
     report.seconds = started.elapsed().as_secs_f64();
     let ok = report.failures.is_empty();
     if args.json {
         let json = serde_json::json!({
             "ok": ok,
-            "transport": args.transport.name(),
+            "transport": transport,
             "rpc": {"calls": report.calls, "replies_ok": report.replies_ok},
             "signal": {"submitted": report.submitted, "delivered": report.delivered},
             "rom": {
@@ -124,7 +148,7 @@ pub fn run(args: &Args) -> ExitCode {
         });
         println!("{json}");
     } else {
-        print_summary(args, &report);
+        print_summary(&link, &report);
     }
     for failure in &report.failures {
         eprintln!("xrelay demo: FAILED: {failure}");
@@ -136,15 +160,7 @@ pub fn run(args: &Args) -> ExitCode {
     }
 }
 
-fn print_summary(args: &Args, r: &Report) {
-    let link = match args.transport {
-        TransportKind::Mem if args.loss > 0.0 => format!(
-            "mem (in-process network, {:.0} % loss, 5 % duplicates, 10 % reordering)",
-            args.loss * 100.0
-        ),
-        TransportKind::Mem => "mem (in-process network)".to_owned(),
-        TransportKind::Udp => "udp (kernel sockets on 127.0.0.1)".to_owned(),
-    };
+fn print_summary(link: &str, r: &Report) {
     println!("xrelay demo: two nodes over {link}, {:.2} s", r.seconds);
     println!(
         "  rpc:    {} calls, {} replies as expected ({} typed NotFound exceptions, {} values over one frame)",
@@ -163,16 +179,26 @@ fn print_summary(args: &Args, r: &Report) {
     }
 }
 
-/// Starts the two nodes on the chosen transport; `a` knows `b` as "b" and
-/// the other way round.
-fn start(args: &Args) -> Result<(Runtime, Runtime), RuntimeError> {
+/// Two running nodes; `a` knows `b` as "b" and the other way round.
+/// Fields drop in order: the nodes stop before their namespaces go.
+struct Nodes {
+    a: Runtime,
+    b: Runtime,
+    transport: &'static str,
+    link: String,
+    _topology: Option<VethPair>,
+}
+
+/// Starts the two nodes on `kind` (not `Auto`).
+fn start(args: &Args, kind: TransportKind) -> Result<Nodes, String> {
     let clock = MonotonicClock::new();
     let config = |peer: &str, endpoint| {
         let mut config = RuntimeConfig::new(vec![(peer.to_owned(), endpoint)]);
         config.clock = clock;
         config
     };
-    match args.transport {
+    let fail = |e: RuntimeError| e.to_string();
+    match kind {
         TransportKind::Mem => {
             let faults = if args.loss > 0.0 {
                 Faults::lossy(args.loss)
@@ -183,44 +209,100 @@ fn start(args: &Args) -> Result<(Runtime, Runtime), RuntimeError> {
             let (net_a, net_b) = (network.clone(), network);
             let a = Runtime::spawn("xrelay-a", config("b", host_endpoint(2)), move || {
                 Ok(net_a.attach(1))
-            })?;
+            })
+            .map_err(fail)?;
             let b = Runtime::spawn("xrelay-b", config("a", host_endpoint(1)), move || {
                 Ok(net_b.attach(2))
-            })?;
-            Ok((a, b))
+            })
+            .map_err(fail)?;
+            let link = if args.loss > 0.0 {
+                format!(
+                    "mem (in-process network, {:.0} % loss, 5 % duplicates, 10 % reordering)",
+                    args.loss * 100.0
+                )
+            } else {
+                "mem (in-process network)".to_owned()
+            };
+            Ok(Nodes {
+                a,
+                b,
+                transport: "mem",
+                link,
+                _topology: None,
+            })
         }
-        TransportKind::Udp => {
+        TransportKind::Udp | TransportKind::Auto => {
             let bind = || {
                 UdpTransport::bind(
                     SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
                     UdpConfig::default(),
                 )
             };
-            let a = Runtime::spawn(
-                "xrelay-a",
-                RuntimeConfig {
-                    clock,
-                    ..RuntimeConfig::new(Vec::new())
-                },
-                bind,
-            )?;
-            let b = Runtime::spawn(
-                "xrelay-b",
-                RuntimeConfig {
-                    clock,
-                    ..RuntimeConfig::new(Vec::new())
-                },
-                bind,
-            )?;
-            a.add_peer("b", b.local_endpoint())?;
-            b.add_peer("a", a.local_endpoint())?;
-            Ok((a, b))
+            let plain = RuntimeConfig {
+                clock,
+                ..RuntimeConfig::new(Vec::new())
+            };
+            let a = Runtime::spawn("xrelay-a", plain.clone(), bind).map_err(fail)?;
+            let b = Runtime::spawn("xrelay-b", plain, bind).map_err(fail)?;
+            a.add_peer("b", b.local_endpoint()).map_err(fail)?;
+            b.add_peer("a", a.local_endpoint()).map_err(fail)?;
+            let link = "udp (kernel sockets on 127.0.0.1)".to_owned();
+            Ok(Nodes {
+                a,
+                b,
+                transport: "udp",
+                link,
+                _topology: None,
+            })
+        }
+        TransportKind::Xdp => {
+            let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
+            let modes = Arc::new(std::sync::Mutex::new(String::new()));
+            let spawn = |name: &str, host: &netns::Host, peer: &str, peer_at: Endpoint| {
+                let ns = host.ns.name().to_owned();
+                let xdp = XdpConfig::new(&host.interface, host.endpoint.ip);
+                let modes = Arc::clone(&modes);
+                let peer_at = Endpoint {
+                    port: DEFAULT_UDP_PORT,
+                    ..peer_at
+                };
+                Runtime::spawn(name, config(peer, peer_at), move || {
+                    netns::enter(&ns).map_err(|e| TransportError::Config(e.to_string()))?;
+                    let transport = XdpTransport::new(xdp)?;
+                    let (attach, bind) = transport.modes();
+                    if let Ok(mut modes) = modes.lock() {
+                        *modes = format!("{attach:?} XDP, {bind:?} bind").to_lowercase();
+                    }
+                    Ok(transport)
+                })
+                .map_err(fail)
+            };
+            let a = spawn("xrelay-a", &pair.a, "b", pair.b.endpoint)?;
+            let b = spawn("xrelay-b", &pair.b, "a", pair.a.endpoint)?;
+            let modes = modes.lock().map(|m| m.clone()).unwrap_or_default();
+            let link = format!(
+                "xdp (AF_XDP on veth {} <-> {} between namespaces {} and {}; {modes})",
+                pair.a.interface,
+                pair.b.interface,
+                pair.a.ns.name(),
+                pair.b.ns.name()
+            );
+            Ok(Nodes {
+                a,
+                b,
+                transport: "xdp",
+                link,
+                _topology: Some(pair),
+            })
         }
     }
 }
 
-fn exercise(args: &Args, report: &mut Report) -> Result<(), String> {
-    let (a, b) = start(args).map_err(|e| format!("starting the nodes: {e}"))?;
+fn exercise(args: &Args, nodes: Nodes, report: &mut Report) -> Result<(), String> {
+    // Declared first, dropped last: the nodes stop before their
+    // namespaces go, on every path out of here.
+    let topology = nodes._topology;
+    let (a, b) = (nodes.a, nodes.b);
     b.export_rpc(
         "kv",
         KvStoreServer(MemoryStore::new(args.keys as usize + 1)),
@@ -295,6 +377,7 @@ fn exercise(args: &Args, report: &mut Report) -> Result<(), String> {
         previous = version.version;
     }
     drop((a, b));
+    drop(topology);
     Ok(())
 }
 

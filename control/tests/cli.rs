@@ -1,5 +1,6 @@
 //! The `xrelay` binary as a user runs it: the two-node demo passes its own
-//! checks on every transport it offers and prints the documented JSON;
+//! checks on every transport it offers (AF_XDP in namespaces it creates,
+//! as root) and prints the documented JSON;
 //! bad options are refused with status 2; `decode` reads frames and
 //! refuses garbage with status 2.
 
@@ -61,8 +62,19 @@ fn check_figures(json: &serde_json::Value, transport: &str) {
 }
 
 #[test]
+fn demo_on_its_default_transport_uses_af_xdp_as_root() {
+    // CI and these machines run as root: `auto` must pick AF_XDP.
+    check_figures(&demo_json(&[]), "xdp");
+}
+
+#[test]
 fn demo_on_mem_passes_with_the_documented_json() {
-    check_figures(&demo_json(&[]), "mem");
+    check_figures(&demo_json(&["--transport", "mem"]), "mem");
+}
+
+#[test]
+fn demo_on_xdp_passes() {
+    check_figures(&demo_json(&["--transport", "xdp"]), "xdp");
 }
 
 #[test]
@@ -83,6 +95,10 @@ fn demo_prints_a_readable_summary() {
     let output = xrelay(&["demo", "--keys", "100"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("two nodes over xdp (AF_XDP on veth"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("rpc:    351 calls, 351 replies as expected (50 typed NotFound"),
         "{stdout}"
