@@ -5,10 +5,13 @@
 //! how many example calls it can marshal and dispatch), and
 //! `xrelay-bench engine`, the RPC engine's own cost per call with many
 //! calls outstanding (client and server engines joined directly, every
-//! frame emitted and parsed, no network). The network
-//! scenarios (signal throughput, RPC latency, ROM updates over AF_XDP and
-//! UDP side by side) come with the datapath.
+//! frame emitted and parsed, no network), and `xrelay-bench frames`, the
+//! one-way frame rate over veth of raw AF_XDP, relay nodes over AF_XDP and
+//! relay nodes over UDP side by side (root). Latency, RPC and ROM
+//! scenarios over the network follow.
 #![forbid(unsafe_code)]
+
+mod frames;
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -38,6 +41,16 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+    },
+    /// One-way frame rate over veth between namespaces: raw AF_XDP, relay
+    /// over AF_XDP and relay over UDP side by side (needs root).
+    Frames {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Runs per backend (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// RPC engine cost: calls per second through client and server engines.
     Engine {
@@ -199,5 +212,11 @@ fn main() {
             seconds,
             outstanding,
         } => engine(seconds, outstanding),
+        Command::Frames { seconds, runs } => {
+            if let Err(error) = frames::run(seconds, runs) {
+                eprintln!("xrelay-bench frames: {error}");
+                std::process::exit(1);
+            }
+        }
     }
 }

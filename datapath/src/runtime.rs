@@ -57,6 +57,8 @@ pub struct RuntimeConfig {
     pub idle_park: Duration,
     /// How long opening a session may take before it is an error.
     pub open_timeout: Duration,
+    /// Pin the datapath thread to this CPU core (`core_affinity` id).
+    pub core: Option<usize>,
 }
 
 impl RuntimeConfig {
@@ -69,6 +71,7 @@ impl RuntimeConfig {
             recv_budget: 64,
             idle_park: Duration::from_micros(200),
             open_timeout: Duration::from_secs(3),
+            core: None,
         }
     }
 }
@@ -342,6 +345,19 @@ impl Runtime {
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
+                if let Some(core) = config.core {
+                    let pinned = core_affinity::get_core_ids()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.id == core)
+                        .is_some_and(core_affinity::set_for_current);
+                    if !pinned {
+                        let _ = ready_tx.send(Err(RuntimeError::Transport(format!(
+                            "cannot pin the datapath thread to core {core}"
+                        ))));
+                        return Ok(NodeStats::default());
+                    }
+                }
                 let setup = || -> Result<(T, Driver), RuntimeError> {
                     let transport =
                         make_transport().map_err(|e| RuntimeError::Transport(e.to_string()))?;

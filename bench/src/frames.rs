@@ -1,0 +1,281 @@
+//! `xrelay-bench frames`: one-way frame rate between two namespaces joined
+//! by veth, three backends side by side in one run:
+//!
+//! * `raw_xdp`: the AF_XDP transport sending a prebuilt SIGNAL frame as
+//!   fast as it can and a receiver counting frames: rings, UMEM and the
+//!   outer headers, no relay logic (the floor);
+//! * `xdp`: relay nodes over AF_XDP: every frame is a SIGNAL produced by
+//!   the sender node's signal engine and consumed by the receiver node
+//!   (parse, peer and session lookup, engine, acknowledgement);
+//! * `udp`: the same relay nodes over kernel UDP sockets
+//!   (`sendmmsg`/`recvmmsg`).
+//!
+//! Sender and receiver each run on their own thread pinned to its own core
+//! and busy-poll. The figure is what the receiver counts in the measured
+//! window; ratios are computed within the run.
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use xrelay_datapath::netns::{self, VethPair};
+use xrelay_datapath::node::{Node, NodeConfig};
+use xrelay_datapath::time::MonotonicClock;
+use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
+use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
+use xrelay_datapath::transport::{Transport, TransportError};
+use xrelay_datapath::wire::encap::{Endpoint, DEFAULT_UDP_PORT};
+use xrelay_datapath::wire::session::Service;
+use xrelay_datapath::wire::signal::Signal;
+use xrelay_datapath::wire::{Flags, Frame, Message};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    RawXdp,
+    Xdp,
+    Udp,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::RawXdp => "raw_xdp",
+            Backend::Xdp => "xdp",
+            Backend::Udp => "udp",
+        }
+    }
+}
+
+/// Where one end runs: namespace, interface, address.
+#[derive(Debug, Clone)]
+struct Place {
+    ns: String,
+    interface: String,
+    endpoint: Endpoint,
+}
+
+impl Place {
+    fn of(host: &netns::Host) -> Place {
+        Place {
+            ns: host.ns.name().to_owned(),
+            interface: host.interface.clone(),
+            endpoint: host.endpoint,
+        }
+    }
+}
+
+/// The calling thread enters `place`'s namespace and opens the backend's
+/// transport there.
+fn transport(backend: Backend, place: &Place) -> Result<Box<dyn Transport>, TransportError> {
+    netns::enter(&place.ns).map_err(|e| TransportError::Config(e.to_string()))?;
+    Ok(match backend {
+        Backend::RawXdp | Backend::Xdp => Box::new(XdpTransport::new(XdpConfig::new(
+            &place.interface,
+            place.endpoint.ip,
+        ))?),
+        Backend::Udp => Box::new(UdpTransport::bind(
+            SocketAddrV4::new(place.endpoint.ip, DEFAULT_UDP_PORT),
+            UdpConfig::default(),
+        )?),
+    })
+}
+
+fn pin(core: usize) {
+    if let Some(id) = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.id == core)
+    {
+        core_affinity::set_for_current(id);
+    }
+}
+
+fn relay(endpoint: Endpoint) -> Endpoint {
+    Endpoint {
+        port: DEFAULT_UDP_PORT,
+        ..endpoint
+    }
+}
+
+/// Sends and receives everything due for `node` over `link` once.
+fn drive(
+    node: &mut Node,
+    link: &mut dyn Transport,
+    clock: &MonotonicClock,
+) -> Result<(), TransportError> {
+    let now = clock.now();
+    link.recv(now, 64, &mut |from, bytes| {
+        node.handle_datagram(now, from, bytes)
+    })?;
+    loop {
+        let mut produced = false;
+        let room = link.send(&mut |buf| {
+            let out = node.poll_transmit(now, buf);
+            produced = out.is_some();
+            out
+        })?;
+        if !room || !produced {
+            break;
+        }
+    }
+    link.flush(now)
+}
+
+/// One backend: frames per second counted by the receiver.
+fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
+    let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let clock = MonotonicClock::new();
+    let (a_at, b_at) = (pair.a.endpoint, pair.b.endpoint);
+
+    let receiver = {
+        let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+        let host = Place::of(&pair.b);
+        std::thread::spawn(move || -> Result<(), String> {
+            pin(1);
+            let mut link = transport(backend, &host).map_err(|e| e.to_string())?;
+            let mut node =
+                Node::new(NodeConfig::new(link.max_frame_len())).map_err(|e| e.to_string())?;
+            node.add_peer(clock.now(), "a", relay(a_at))
+                .map_err(|e| e.to_string())?;
+            node.export_signal("bench").map_err(|e| e.to_string())?;
+            while !stop.load(Ordering::Relaxed) {
+                if backend == Backend::RawXdp {
+                    let n = link
+                        .recv(clock.now(), 64, &mut |_, _| {})
+                        .map_err(|e| e.to_string())?;
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                } else {
+                    drive(&mut node, link.as_mut(), &clock).map_err(|e| e.to_string())?;
+                    while node.poll_event().is_some() {}
+                    received.store(node.stats().frames_received, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        })
+    };
+
+    let sender = {
+        let stop = Arc::clone(&stop);
+        let host = Place::of(&pair.a);
+        std::thread::spawn(move || -> Result<(), String> {
+            pin(0);
+            let mut link = transport(backend, &host).map_err(|e| e.to_string())?;
+            let to = relay(b_at);
+            if backend == Backend::RawXdp {
+                let frame = Frame {
+                    flags: Flags::NONE,
+                    channel: 1,
+                    sequence: 1,
+                    message: Message::Signal(Signal {
+                        context: 0,
+                        count: 1,
+                    }),
+                };
+                let len = frame.buffer_len();
+                let mut bytes = vec![0; len];
+                frame.emit(&mut bytes);
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        let room = link
+                            .send(&mut |buf| {
+                                buf[..len].copy_from_slice(&bytes);
+                                Some((to, len))
+                            })
+                            .map_err(|e| e.to_string())?;
+                        if !room {
+                            break;
+                        }
+                    }
+                    link.flush(clock.now()).map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+            let mut node =
+                Node::new(NodeConfig::new(link.max_frame_len())).map_err(|e| e.to_string())?;
+            let peer = node
+                .add_peer(clock.now(), "b", to)
+                .map_err(|e| e.to_string())?;
+            let session = node
+                .open(clock.now(), peer, Service::Signal, "bench")
+                .map_err(|e| e.to_string())?;
+            let deadline = StdInstant::now() + Duration::from_secs(5);
+            while !node.is_open(session) {
+                if StdInstant::now() > deadline {
+                    return Err("the signal session did not open".into());
+                }
+                drive(&mut node, link.as_mut(), &clock).map_err(|e| e.to_string())?;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                // One submission per frame: each SIGNAL carries a new count.
+                let now = clock.now();
+                link.recv(now, 64, &mut |from, bytes| {
+                    node.handle_datagram(now, from, bytes)
+                })
+                .map_err(|e| e.to_string())?;
+                for _ in 0..64 {
+                    node.submit(session, 0, 1).map_err(|e| e.to_string())?;
+                    let mut produced = false;
+                    let room = link
+                        .send(&mut |buf| {
+                            let out = node.poll_transmit(now, buf);
+                            produced = out.is_some();
+                            out
+                        })
+                        .map_err(|e| e.to_string())?;
+                    if !room || !produced {
+                        break;
+                    }
+                }
+                link.flush(now).map_err(|e| e.to_string())?;
+                while node.poll_event().is_some() {}
+            }
+            Ok(())
+        })
+    };
+
+    // Warm up, then count over the window.
+    std::thread::sleep(Duration::from_millis(500));
+    let start = (received.load(Ordering::Relaxed), StdInstant::now());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let end = (received.load(Ordering::Relaxed), StdInstant::now());
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().map_err(|_| "the sender panicked")?;
+    let got = receiver.join().map_err(|_| "the receiver panicked")?;
+    sent?;
+    got?;
+    drop(pair);
+    Ok((end.0 - start.0) as f64 / (end.1 - start.1).as_secs_f64())
+}
+
+/// Runs every backend `runs` times, alternating; prints medians and ratios.
+pub fn run(seconds: f64, runs: usize) -> Result<(), String> {
+    let backends = [Backend::RawXdp, Backend::Xdp, Backend::Udp];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    for _ in 0..runs.max(1) {
+        for (i, &backend) in backends.iter().enumerate() {
+            rates[i].push(measure(backend, seconds)?);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = rates.iter_mut().map(median).collect();
+    println!("xrelay-bench frames: one-way SIGNAL frames between two namespaces over veth,");
+    println!(
+        "sender and receiver pinned to cores 0 and 1, busy-polling; median of {runs} x {seconds} s"
+    );
+    println!("{:<10} {:>14}", "backend", "frames/s");
+    for (backend, rate) in backends.iter().zip(&medians) {
+        println!("{:<10} {:>14.0}", backend.name(), rate);
+    }
+    println!(
+        "ratios: xdp/raw_xdp = {:.2}, xdp/udp = {:.2}",
+        medians[1] / medians[0],
+        medians[1] / medians[2]
+    );
+    Ok(())
+}
