@@ -30,10 +30,14 @@ use xrelay_datapath::wire::session::Service;
 use xrelay_datapath::wire::signal::Signal;
 use xrelay_datapath::wire::{Flags, Frame, Message};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+/// The backends `frames` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// AF_XDP transport only, no relay logic.
     RawXdp,
+    /// Relay nodes over AF_XDP.
     Xdp,
+    /// Relay nodes over kernel UDP.
     Udp,
 }
 
@@ -250,9 +254,15 @@ fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
     Ok((end.0 - start.0) as f64 / (end.1 - start.1).as_secs_f64())
 }
 
-/// Runs every backend `runs` times, alternating; prints medians and ratios.
-pub fn run(seconds: f64, runs: usize) -> Result<(), String> {
-    let backends = [Backend::RawXdp, Backend::Xdp, Backend::Udp];
+/// Runs every backend `runs` times, alternating; prints medians and, when
+/// all three ran, the ratios.
+pub fn run(seconds: f64, runs: usize, only: &[Backend]) -> Result<(), String> {
+    let all = [Backend::RawXdp, Backend::Xdp, Backend::Udp];
+    let backends: Vec<Backend> = if only.is_empty() {
+        all.to_vec()
+    } else {
+        all.into_iter().filter(|b| only.contains(b)).collect()
+    };
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
     for _ in 0..runs.max(1) {
         for (i, &backend) in backends.iter().enumerate() {
@@ -272,10 +282,12 @@ pub fn run(seconds: f64, runs: usize) -> Result<(), String> {
     for (backend, rate) in backends.iter().zip(&medians) {
         println!("{:<10} {:>14.0}", backend.name(), rate);
     }
-    println!(
-        "ratios: xdp/raw_xdp = {:.2}, xdp/udp = {:.2}",
-        medians[1] / medians[0],
-        medians[1] / medians[2]
-    );
+    if backends.len() == all.len() {
+        println!(
+            "ratios: xdp/raw_xdp = {:.2}, xdp/udp = {:.2}",
+            medians[1] / medians[0],
+            medians[1] / medians[2]
+        );
+    }
     Ok(())
 }

@@ -51,6 +51,9 @@ enum Command {
         /// Runs per backend (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Only these backends (default: all three, with ratios).
+        #[arg(long, value_enum)]
+        backend: Vec<frames::Backend>,
     },
     /// RPC engine cost: calls per second through client and server engines.
     Engine {
@@ -212,8 +215,12 @@ fn main() {
             seconds,
             outstanding,
         } => engine(seconds, outstanding),
-        Command::Frames { seconds, runs } => {
-            if let Err(error) = frames::run(seconds, runs) {
+        Command::Frames {
+            seconds,
+            runs,
+            backend,
+        } => {
+            if let Err(error) = frames::run(seconds, runs, &backend) {
                 eprintln!("xrelay-bench frames: {error}");
                 std::process::exit(1);
             }
