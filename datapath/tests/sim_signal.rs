@@ -81,7 +81,7 @@ impl Node {
         if let Some(signal) = self.sender.poll_transmit(now) {
             self.send(Message::Signal(signal));
         }
-        if let Some(ack) = self.receiver.poll_transmit() {
+        if let Some(ack) = self.receiver.poll_transmit(now) {
             self.send(Message::SignalAck(ack));
         }
         self.transport.flush(now).unwrap();

@@ -113,6 +113,11 @@ impl SignalSender {
     }
 }
 
+/// A receiver acknowledges at most once per this interval (a burst of
+/// SIGNALs gets one SIGNAL_ACK, not one each); far below a transmitter's
+/// retransmission timeout, so acknowledgements still stop repeats.
+pub const ACK_INTERVAL: Duration = Duration::from_millis(1);
+
 /// The receiving end of one signal context.
 #[derive(Debug, Clone, Default)]
 pub struct SignalReceiver {
@@ -120,6 +125,7 @@ pub struct SignalReceiver {
     received: u64,
     delivered: u64,
     ack_due: bool,
+    last_ack: Option<Instant>,
 }
 
 impl SignalReceiver {
@@ -155,16 +161,27 @@ impl SignalReceiver {
         self.received - self.delivered
     }
 
-    /// The SIGNAL_ACK to send, if one is due.
+    /// The SIGNAL_ACK to send, if one is due: at once after a quiet
+    /// spell, else at most once per [`ACK_INTERVAL`].
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<SignalAck> {
-        if !std::mem::take(&mut self.ack_due) {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<SignalAck> {
+        if !self.ack_due || self.last_ack.is_some_and(|at| now < at + ACK_INTERVAL) {
             return None;
         }
+        self.ack_due = false;
+        self.last_ack = Some(now);
         Some(SignalAck {
             context: self.context,
             count: self.received,
         })
+    }
+
+    /// When a deferred SIGNAL_ACK is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.ack_due {
+            return None;
+        }
+        Some(self.last_ack.map_or(Instant::ZERO, |at| at + ACK_INTERVAL))
     }
 }
 
@@ -206,7 +223,7 @@ mod tests {
         let again = tx.poll_transmit(Instant::ZERO + RTO).unwrap();
         assert_eq!(again.count, 2);
         rx.handle_signal(&again);
-        tx.handle_ack(&rx.poll_transmit().unwrap());
+        tx.handle_ack(&rx.poll_transmit(Instant::ZERO).unwrap());
         assert!(tx.is_acknowledged());
         assert_eq!(tx.poll_timeout(), None);
         assert_eq!(rx.take(), Some(2));
@@ -220,13 +237,39 @@ mod tests {
         }
         assert_eq!(rx.take(), Some(5));
         assert_eq!(
-            rx.poll_transmit(),
+            rx.poll_transmit(Instant::ZERO),
             Some(SignalAck {
                 context: 1,
                 count: 5
             })
         );
-        assert_eq!(rx.poll_transmit(), None);
+        assert_eq!(rx.poll_transmit(Instant::ZERO), None);
+    }
+
+    #[test]
+    fn a_stream_of_signals_is_acknowledged_at_a_bounded_rate() {
+        let mut rx = SignalReceiver::new(1);
+        let at = |us: u64| Instant::from_nanos(us * 1000);
+        rx.handle_signal(&Signal {
+            context: 1,
+            count: 1,
+        });
+        assert_eq!(rx.poll_transmit(at(0)).map(|a| a.count), Some(1));
+        // More arrive within the interval: one deferred ack, with the
+        // latest count, when the interval is over.
+        for (us, count) in [(100, 2), (200, 3), (300, 4)] {
+            rx.handle_signal(&Signal { context: 1, count });
+            assert_eq!(rx.poll_transmit(at(us)), None);
+        }
+        assert_eq!(rx.poll_timeout(), Some(at(0) + ACK_INTERVAL));
+        assert_eq!(rx.poll_transmit(at(1000)).map(|a| a.count), Some(4));
+        assert_eq!(rx.poll_timeout(), None);
+        // After a quiet spell the next one is acknowledged at once.
+        rx.handle_signal(&Signal {
+            context: 1,
+            count: 5,
+        });
+        assert_eq!(rx.poll_transmit(at(5000)).map(|a| a.count), Some(5));
     }
 
     #[test]

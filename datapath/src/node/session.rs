@@ -136,7 +136,7 @@ impl ServedSession {
             ServedEngine::Rpc(server) => server.poll_transmit(),
             ServedEngine::Signal(receivers) => receivers
                 .values_mut()
-                .find_map(SignalReceiver::poll_transmit)
+                .find_map(|receiver| receiver.poll_transmit(now))
                 .map(Message::SignalAck),
             ServedEngine::Rom(sender) => sender.poll_transmit(now),
         }
@@ -145,7 +145,11 @@ impl ServedSession {
     /// When this session's engine next wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.engine {
-            ServedEngine::Rpc(_) | ServedEngine::Signal(_) => None,
+            ServedEngine::Rpc(_) => None,
+            ServedEngine::Signal(receivers) => receivers
+                .values()
+                .filter_map(SignalReceiver::poll_timeout)
+                .min(),
             ServedEngine::Rom(sender) => sender.poll_timeout(),
         }
     }
