@@ -1338,6 +1338,9 @@ impl Node {
             client_turn,
             ..
         } = &mut self.peers[p];
+        if clients.is_empty() {
+            return None;
+        }
         let down = liveness.state() == PeerState::Down;
         let turn = *client_turn;
         let probe_after = self.config.rom.announce_interval * 4;
@@ -1404,6 +1407,9 @@ impl Node {
             assembling,
             ..
         } = &mut self.peers[p];
+        if served.is_empty() {
+            return None;
+        }
         let turn = *served_turn;
         for range in [
             (Bound::Included(turn), Bound::Unbounded),
