@@ -269,3 +269,157 @@ fn a_killed_node_leaves_nothing_attached() {
     }
     assert!(netns::xdp_attached(&pair.a.ns, &pair.a.interface).unwrap());
 }
+
+#[test]
+fn peer_addresses_come_from_the_neighbour_table_or_a_clear_error() {
+    use xrelay_datapath::transport::xdp::neighbour_mac;
+    let pair = topology();
+    let ns = pair.a.ns.name().to_owned();
+    let interface = pair.a.interface.clone();
+    let b = pair.b.endpoint;
+    let (found, missing) = std::thread::spawn(move || {
+        netns::enter(&ns).unwrap();
+        (
+            neighbour_mac("b", &interface, b.ip),
+            neighbour_mac("nobody", &interface, "198.18.0.77".parse().unwrap()),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(found.unwrap(), b.mac);
+    let error = missing.unwrap_err().to_string();
+    assert!(error.contains("peer nobody (198.18.0.77)"), "{error}");
+}
+
+#[test]
+fn two_queues_two_pinned_threads_carry_traffic() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use xrelay_datapath::transport::xdp::{AttachMode, XdpProgram};
+    use xrelay_datapath::transport::Transport;
+    use xrelay_datapath::wire::encap::Encapsulation;
+    use xrelay_datapath::wire::signal::Signal;
+    use xrelay_datapath::wire::{Flags, Frame, Message};
+
+    const PER_QUEUE: u64 = 3000;
+    let pair = VethPair::new(2).unwrap_or_else(|e| panic!("namespaces (needs root): {e}"));
+    let attach = |host: &netns::Host| {
+        let ns = host.ns.name().to_owned();
+        let interface = host.interface.clone();
+        std::thread::spawn(move || {
+            netns::enter(&ns).unwrap();
+            Arc::new(Mutex::new(
+                XdpProgram::attach(&interface, AttachMode::Auto, Encapsulation::default()).unwrap(),
+            ))
+        })
+        .join()
+        .unwrap()
+    };
+    let (program_a, program_b) = (attach(&pair.a), attach(&pair.b));
+    let pin = |core: usize| {
+        if let Some(id) = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.id == core)
+        {
+            core_affinity::set_for_current(id);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receivers: Vec<_> = (0..2u32)
+        .map(|queue| {
+            let (ns, program, stop, count, ready) = (
+                pair.b.ns.name().to_owned(),
+                Arc::clone(&program_b),
+                Arc::clone(&stop),
+                Arc::clone(&counts[queue as usize]),
+                ready_tx.clone(),
+            );
+            let config = XdpConfig {
+                queue,
+                ..XdpConfig::new(&pair.b.interface, pair.b.endpoint.ip)
+            };
+            std::thread::spawn(move || {
+                netns::enter(&ns).unwrap();
+                pin(queue as usize);
+                let mut link = XdpTransport::with_program(config, program).unwrap();
+                ready.send(()).unwrap();
+                let now = xrelay_datapath::time::Instant::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = link.recv(now, 64, &mut |_, _| {}).unwrap();
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    ready_rx.recv().unwrap();
+    ready_rx.recv().unwrap();
+    let to = relay(pair.b.endpoint);
+    let senders: Vec<_> = (0..2u32)
+        .map(|queue| {
+            let (ns, program) = (pair.a.ns.name().to_owned(), Arc::clone(&program_a));
+            let config = XdpConfig {
+                queue,
+                ..XdpConfig::new(&pair.a.interface, pair.a.endpoint.ip)
+            };
+            std::thread::spawn(move || {
+                netns::enter(&ns).unwrap();
+                pin(queue as usize);
+                let mut link = XdpTransport::with_program(config, program).unwrap();
+                let now = xrelay_datapath::time::Instant::ZERO;
+                let mut sent = 0;
+                while sent < PER_QUEUE {
+                    for _ in 0..16.min(PER_QUEUE - sent) {
+                        let frame = Frame {
+                            flags: Flags::NONE,
+                            channel: queue,
+                            sequence: sent,
+                            message: Message::Signal(Signal {
+                                context: queue,
+                                count: sent,
+                            }),
+                        };
+                        let len = frame.buffer_len();
+                        if link
+                            .send(&mut |buf| {
+                                frame.emit(&mut buf[..len]);
+                                Some((to, len))
+                            })
+                            .unwrap()
+                        {
+                            sent += 1;
+                        }
+                    }
+                    link.flush(now).unwrap();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                for _ in 0..20 {
+                    link.flush(now).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counts
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum::<u64>()
+        < 2 * PER_QUEUE
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for receiver in receivers {
+        receiver.join().unwrap();
+    }
+    let got: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    // Each queue's thread received the frames sent on its queue.
+    assert_eq!(got, [PER_QUEUE, PER_QUEUE]);
+}

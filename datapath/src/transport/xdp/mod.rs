@@ -34,13 +34,14 @@ pub mod program;
 use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use self::program::{ProgramStats, XdpProgram};
+pub use self::program::{ProgramStats, XdpProgram};
 use super::{Deliver, Fill, Transport, TransportError};
 use crate::time::Instant;
 use crate::wire::encap::{self, Encapsulation, Endpoint};
@@ -145,7 +146,10 @@ pub struct XdpTransport {
     /// Scratch for RX and completion descriptors.
     batch: Vec<FrameDesc>,
     max_frame_len: usize,
-    program: XdpProgram,
+    /// Shared by the transports of all queues of the interface; locked
+    /// only at setup and to read counters, never per frame.
+    program: Arc<Mutex<XdpProgram>>,
+    attach: AttachMode,
     bind: BindMode,
     stats: XdpStats,
 }
@@ -187,10 +191,75 @@ pub fn interface_mac(interface: &str) -> Result<EthernetAddress, TransportError>
     ))
 }
 
+/// The Ethernet address of `peer` (named `name` in errors) from the
+/// kernel's neighbour table for `interface`, in the calling thread's
+/// network namespace. An entry the kernel has not resolved (no reply to
+/// ARP) is an error naming the peer; configure the MAC instead, or let the
+/// kernel resolve it first (e.g. one ping).
+pub fn neighbour_mac(
+    name: &str,
+    interface: &str,
+    peer: Ipv4Addr,
+) -> Result<EthernetAddress, TransportError> {
+    let unresolved = |detail: String| {
+        config_error(
+            &format!("peer {name} ({peer}) on {interface}"),
+            format!("no Ethernet address: {detail}"),
+        )
+    };
+    let out = std::process::Command::new("ip")
+        .args(["neigh", "show", "to", &peer.to_string(), "dev", interface])
+        .output()
+        .map_err(|e| unresolved(format!("running `ip neigh`: {e}")))?;
+    if !out.status.success() {
+        return Err(unresolved(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "lladdr" {
+            if let Some(mac) = words.next().and_then(parse_mac) {
+                return Ok(mac);
+            }
+        }
+    }
+    Err(unresolved(format!(
+        "not in the neighbour table ({})",
+        if text.trim().is_empty() {
+            "no entry"
+        } else {
+            text.trim()
+        }
+    )))
+}
+
+fn parse_mac(text: &str) -> Option<EthernetAddress> {
+    let mut bytes = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut bytes {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(EthernetAddress(bytes))
+}
+
 impl XdpTransport {
     /// Attaches the XDP program to the interface, creates the UMEM and the
-    /// socket, and binds it to the configured queue.
+    /// socket, and binds it to the configured queue. For several queues of
+    /// one interface, attach once with [`XdpProgram::attach`] and create one
+    /// transport per queue with [`XdpTransport::with_program`].
     pub fn new(config: XdpConfig) -> Result<XdpTransport, TransportError> {
+        let program = XdpProgram::attach(&config.interface, config.attach, config.encap)?;
+        XdpTransport::with_program(config, Arc::new(Mutex::new(program)))
+    }
+
+    /// Like [`XdpTransport::new`] with the interface's program already
+    /// attached (shared by the transports of its queues).
+    pub fn with_program(
+        config: XdpConfig,
+        program: Arc<Mutex<XdpProgram>>,
+    ) -> Result<XdpTransport, TransportError> {
         let frame_count = NonZeroU32::new(config.frame_count)
             .filter(|n| n.is_power_of_two() && n.get() >= 64)
             .ok_or_else(|| config_error("frame_count", "must be a power of two, at least 64"))?;
@@ -215,8 +284,6 @@ impl XdpTransport {
             .checked_sub(ip_overhead)
             .ok_or_else(|| config_error("mtu", "too small"))?
             .min(config.frame_size as usize - header_len - 256);
-
-        let mut program = XdpProgram::attach(&config.interface, config.attach, config.encap)?;
 
         let umem_config = UmemConfig::builder()
             .frame_size(frame_size)
@@ -274,7 +341,13 @@ impl XdpTransport {
                 ),
             ));
         };
-        program.register(config.queue, std::os::fd::AsRawFd::as_raw_fd(rx.fd()))?;
+        let attach = {
+            let mut program = program
+                .lock()
+                .map_err(|_| config_error("the XDP program", "a holder panicked"))?;
+            program.register(config.queue, std::os::fd::AsRawFd::as_raw_fd(rx.fd()))?;
+            program.mode()
+        };
 
         let half = frames.len() / 2;
         let free = frames.split_off(half);
@@ -297,6 +370,7 @@ impl XdpTransport {
             batch: vec![FrameDesc::default(); batch_len],
             max_frame_len,
             program,
+            attach,
             bind,
             stats: XdpStats::default(),
             config,
@@ -305,7 +379,7 @@ impl XdpTransport {
 
     /// The attach and bind modes obtained.
     pub fn modes(&self) -> (AttachMode, BindMode) {
-        (self.program.mode(), self.bind)
+        (self.attach, self.bind)
     }
 
     /// Counters of this socket.
@@ -315,7 +389,10 @@ impl XdpTransport {
 
     /// Counters of the XDP program (all queues of the interface).
     pub fn program_stats(&self) -> Result<ProgramStats, TransportError> {
-        self.program.stats()
+        self.program
+            .lock()
+            .map_err(|_| config_error("the XDP program", "a holder panicked"))?
+            .stats()
     }
 
     /// Takes back the frames the kernel has finished sending.
