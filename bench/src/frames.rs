@@ -21,6 +21,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use xrelay_datapath::netns::{self, VethPair};
 use xrelay_datapath::node::{Node, NodeConfig};
+use xrelay_datapath::poll::{pin_to_core, poll_once, Budget};
 use xrelay_datapath::time::MonotonicClock;
 use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
 use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
@@ -86,13 +87,8 @@ fn transport(backend: Backend, place: &Place) -> Result<Box<dyn Transport>, Tran
 }
 
 fn pin(core: usize) {
-    if let Some(id) = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.id == core)
-    {
-        core_affinity::set_for_current(id);
-    }
+    // Best effort: an unpinned run is still a valid comparison.
+    let _ = pin_to_core(core);
 }
 
 fn relay(endpoint: Endpoint) -> Endpoint {
@@ -108,22 +104,7 @@ fn drive(
     link: &mut dyn Transport,
     clock: &MonotonicClock,
 ) -> Result<(), TransportError> {
-    let now = clock.now();
-    link.recv(now, 64, &mut |from, bytes| {
-        node.handle_datagram(now, from, bytes)
-    })?;
-    loop {
-        let mut produced = false;
-        let room = link.send(&mut |buf| {
-            let out = node.poll_transmit(now, buf);
-            produced = out.is_some();
-            out
-        })?;
-        if !room || !produced {
-            break;
-        }
-    }
-    link.flush(now)
+    poll_once(node, link, clock.now(), Budget::default()).map(|_| ())
 }
 
 /// One backend: frames per second counted by the receiver.

@@ -13,6 +13,7 @@
 //!   tests, benchmarks).
 //! * [`node`]: a relay node, sans-IO: every engine of every session with
 //!   every peer behind one receive call and one transmit call.
+//! * [`poll`]: one iteration of the datapath loop, with a work budget.
 //! * [`runtime`]: the application API: a datapath thread driving a node,
 //!   and handles for RPC sessions, signals and ROM modules.
 //! * [`time`]: the engines' notion of time (no clock inside an engine).
@@ -29,6 +30,7 @@ pub mod example;
 pub mod marshal;
 pub mod netns;
 pub mod node;
+pub mod poll;
 pub mod runtime;
 pub mod time;
 pub mod transport;

@@ -346,12 +346,7 @@ impl Runtime {
             .name(thread_name)
             .spawn(move || {
                 if let Some(core) = config.core {
-                    let pinned = core_affinity::get_core_ids()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find(|c| c.id == core)
-                        .is_some_and(core_affinity::set_for_current);
-                    if !pinned {
+                    if !crate::poll::pin_to_core(core) {
                         let _ = ready_tx.send(Err(RuntimeError::Transport(format!(
                             "cannot pin the datapath thread to core {core}"
                         ))));
@@ -580,31 +575,16 @@ fn run<T: Transport>(
             command(&mut driver, now);
             busy = true;
         }
-        let node = &mut driver.node;
-        let received = transport.recv(now, config.recv_budget, &mut |from, bytes| {
-            node.handle_datagram(now, from, bytes);
-        })?;
-        busy |= received > 0;
-        loop {
-            let mut produced = false;
-            let node = &mut driver.node;
-            let room = transport.send(&mut |buf| {
-                let out = node.poll_transmit(now, buf);
-                produced = out.is_some();
-                out
-            })?;
-            if !room {
-                // The transport is full: hand it to the link and go on.
-                transport.flush(now)?;
-                busy = true;
-                continue;
-            }
-            if !produced {
-                break;
-            }
-            busy = true;
-        }
-        transport.flush(now)?;
+        let work = crate::poll::poll_once(
+            &mut driver.node,
+            &mut transport,
+            now,
+            crate::poll::Budget {
+                rx: config.recv_budget,
+                ..crate::poll::Budget::default()
+            },
+        )?;
+        busy |= work.is_busy();
         driver.handle_events();
         if busy {
             idle = 0;

@@ -16,6 +16,7 @@ use xrelay_datapath::engine::rom::RomVersion;
 use xrelay_datapath::example::{KvStoreServer, MemoryStore};
 use xrelay_datapath::marshal::CallError;
 use xrelay_datapath::node::{CloseCause, ExportId, Node, NodeConfig, NodeEvent, PeerId, SessionId};
+use xrelay_datapath::poll::{poll_once, Budget};
 use xrelay_datapath::time::Instant;
 use xrelay_datapath::transport::mem::{host_endpoint, Faults, MemNetwork, MemTransport};
 use xrelay_datapath::transport::Transport;
@@ -126,30 +127,13 @@ impl Sim {
                 continue;
             }
             let node = &mut host.node;
-            host.link
-                .recv(now, 256, &mut |from, bytes| {
-                    node.handle_datagram(now, from, bytes)
-                })
-                .unwrap();
-            loop {
-                let mut produced = false;
-                let room = host
-                    .link
-                    .send(&mut |buf| {
-                        let out = node.poll_transmit(now, buf);
-                        produced = out.is_some();
-                        out
-                    })
-                    .unwrap();
-                if !room {
-                    host.link.flush(now).unwrap();
-                    continue;
-                }
-                if !produced {
-                    break;
-                }
-            }
-            host.link.flush(now).unwrap();
+            // Unbounded sends: the simulation wants everything due out
+            // in this step.
+            let budget = Budget {
+                rx: 256,
+                tx: usize::MAX,
+            };
+            poll_once(node, &mut host.link, now, budget).unwrap();
             while let Some(event) = node.poll_event() {
                 host.events.push(event);
             }

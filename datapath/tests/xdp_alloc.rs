@@ -11,6 +11,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use xrelay_datapath::netns::{self, VethPair};
 use xrelay_datapath::node::{Node, NodeConfig};
+use xrelay_datapath::poll::{poll_once, Budget};
 use xrelay_datapath::time::MonotonicClock;
 use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
 use xrelay_datapath::transport::Transport;
@@ -69,27 +70,9 @@ fn relay(endpoint: Endpoint) -> Endpoint {
     }
 }
 
-/// One iteration of a datapath loop: receive a batch, send what is due.
+/// One iteration of a datapath loop, then the events.
 fn drive(node: &mut Node, link: &mut XdpTransport, clock: &MonotonicClock) {
-    let now = clock.now();
-    link.recv(now, 64, &mut |from, bytes| {
-        node.handle_datagram(now, from, bytes)
-    })
-    .unwrap();
-    loop {
-        let mut produced = false;
-        let room = link
-            .send(&mut |buf| {
-                let out = node.poll_transmit(now, buf);
-                produced = out.is_some();
-                out
-            })
-            .unwrap();
-        if !room || !produced {
-            break;
-        }
-    }
-    link.flush(now).unwrap();
+    poll_once(node, link, clock.now(), Budget::default()).unwrap();
     while node.poll_event().is_some() {}
 }
 
