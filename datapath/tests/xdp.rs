@@ -422,4 +422,8 @@ fn two_queues_two_pinned_threads_carry_traffic() {
     let got: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     // Each queue's thread received the frames sent on its queue.
     assert_eq!(got, [PER_QUEUE, PER_QUEUE]);
+    // The program's per-CPU counters, summed, saw every one of them.
+    let stats = program_b.lock().unwrap().stats().unwrap();
+    assert!(stats.redirected >= 2 * PER_QUEUE, "{stats:?}");
+    assert_eq!(stats.no_socket, 0, "{stats:?}");
 }
