@@ -108,10 +108,18 @@ fn drive(
 }
 
 /// One backend: frames per second counted by the receiver.
-fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
+/// Frames per second the sender put on the link and the receiver got.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    sent: f64,
+    received: f64,
+}
+
+fn measure(backend: Backend, seconds: f64) -> Result<Rates, String> {
     let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let transmitted = Arc::new(AtomicU64::new(0));
     let clock = MonotonicClock::new();
     let (a_at, b_at) = (pair.a.endpoint, pair.b.endpoint);
 
@@ -144,6 +152,7 @@ fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
 
     let sender = {
         let stop = Arc::clone(&stop);
+        let transmitted = Arc::clone(&transmitted);
         let host = Place::of(&pair.a);
         std::thread::spawn(move || -> Result<(), String> {
             pin(0);
@@ -173,6 +182,7 @@ fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
                         if !room {
                             break;
                         }
+                        transmitted.fetch_add(1, Ordering::Relaxed);
                     }
                     link.flush(clock.now()).map_err(|e| e.to_string())?;
                 }
@@ -216,6 +226,7 @@ fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
                 }
                 link.flush(now).map_err(|e| e.to_string())?;
                 while node.poll_event().is_some() {}
+                transmitted.store(node.stats().frames_sent, Ordering::Relaxed);
             }
             Ok(())
         })
@@ -223,16 +234,27 @@ fn measure(backend: Backend, seconds: f64) -> Result<f64, String> {
 
     // Warm up, then count over the window.
     std::thread::sleep(Duration::from_millis(500));
-    let start = (received.load(Ordering::Relaxed), StdInstant::now());
+    let count = || {
+        (
+            received.load(Ordering::Relaxed),
+            transmitted.load(Ordering::Relaxed),
+            StdInstant::now(),
+        )
+    };
+    let start = count();
     std::thread::sleep(Duration::from_secs_f64(seconds));
-    let end = (received.load(Ordering::Relaxed), StdInstant::now());
+    let end = count();
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().map_err(|_| "the sender panicked")?;
     let got = receiver.join().map_err(|_| "the receiver panicked")?;
     sent?;
     got?;
     drop(pair);
-    Ok((end.0 - start.0) as f64 / (end.1 - start.1).as_secs_f64())
+    let elapsed = (end.2 - start.2).as_secs_f64();
+    Ok(Rates {
+        received: (end.0 - start.0) as f64 / elapsed,
+        sent: (end.1 - start.1) as f64 / elapsed,
+    })
 }
 
 /// Runs every backend `runs` times, alternating; prints medians and, when
@@ -244,24 +266,31 @@ pub fn run(seconds: f64, runs: usize, only: &[Backend]) -> Result<(), String> {
     } else {
         all.into_iter().filter(|b| only.contains(b)).collect()
     };
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    let mut rates: Vec<Vec<Rates>> = vec![Vec::new(); backends.len()];
     for _ in 0..runs.max(1) {
         for (i, &backend) in backends.iter().enumerate() {
             rates[i].push(measure(backend, seconds)?);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
+    // The run with the median received rate, per backend.
+    let median = |v: &mut Vec<Rates>| {
+        v.sort_by(|a, b| a.received.total_cmp(&b.received));
         v[v.len() / 2]
     };
-    let medians: Vec<f64> = rates.iter_mut().map(median).collect();
+    let picked: Vec<Rates> = rates.iter_mut().map(median).collect();
+    let medians: Vec<f64> = picked.iter().map(|r| r.received).collect();
     println!("xrelay-bench frames: one-way SIGNAL frames between two namespaces over veth,");
     println!(
         "sender and receiver pinned to cores 0 and 1, busy-polling; median of {runs} x {seconds} s"
     );
-    println!("{:<10} {:>14}", "backend", "frames/s");
-    for (backend, rate) in backends.iter().zip(&medians) {
-        println!("{:<10} {:>14.0}", backend.name(), rate);
+    println!("{:<10} {:>14} {:>14}", "backend", "frames/s", "sent/s");
+    for (backend, rate) in backends.iter().zip(&picked) {
+        println!(
+            "{:<10} {:>14.0} {:>14.0}",
+            backend.name(),
+            rate.received,
+            rate.sent
+        );
     }
     if backends.len() == all.len() {
         println!(
