@@ -69,6 +69,38 @@ pub enum BindMode {
     Auto,
 }
 
+/// A UMEM frame owned by user space: the move-only token of one slot.
+///
+/// It is neither `Clone` nor `Copy`, and only this module makes one: from
+/// a frame the UMEM hands out at creation, or one the kernel gives back on
+/// the completion ring. Handing a frame to the kernel (the TX ring)
+/// consumes its token ([`Slot::into_kernel`]), so the compiler rejects a
+/// second use of a slot the kernel owns; RX frames go back to the fill ring
+/// within [`Transport::recv`] and never get a token.
+#[derive(Debug)]
+#[repr(transparent)]
+pub struct Slot(FrameDesc);
+
+impl Slot {
+    /// Gives a batch of slots to the kernel's TX ring: all or none. On
+    /// success the tokens are gone (the completion ring returns the frames
+    /// as new tokens); on failure they come back.
+    fn into_kernel(slots: &mut Vec<Slot>, tx: &mut TxQueue) -> usize {
+        // SAFETY: `Slot` is `repr(transparent)` over `FrameDesc`, so a
+        // slice of slots is a slice of descriptors with the same layout.
+        let descs: &[FrameDesc] =
+            unsafe { core::slice::from_raw_parts(slots.as_ptr().cast::<FrameDesc>(), slots.len()) };
+        // SAFETY: every descriptor is one of this UMEM's frames, owned by
+        // its token (so by nobody else, kernel included); once produced
+        // the tokens are dropped below and the frames are the kernel's.
+        let produced = unsafe { tx.produce(descs) };
+        if produced == slots.len() {
+            slots.clear();
+        }
+        produced
+    }
+}
+
 /// Configuration of an [`XdpTransport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdpConfig {
@@ -140,9 +172,9 @@ pub struct XdpTransport {
     tx: TxQueue,
     rx: RxQueue,
     /// Frames owned by user space, free for sending.
-    free: Vec<FrameDesc>,
+    free: Vec<Slot>,
     /// Frames written by `send`, waiting for `flush`.
-    pending: Vec<FrameDesc>,
+    pending: Vec<Slot>,
     /// Scratch for RX and completion descriptors.
     batch: Vec<FrameDesc>,
     max_frame_len: usize,
@@ -350,7 +382,7 @@ impl XdpTransport {
         };
 
         let half = frames.len() / 2;
-        let free = frames.split_off(half);
+        let free: Vec<Slot> = frames.split_off(half).into_iter().map(Slot).collect();
         // SAFETY: these frames belong to this UMEM and nobody else holds
         // them; from here they are the kernel's until RX returns them.
         let filled = unsafe { fill.produce(&frames) };
@@ -402,7 +434,7 @@ impl XdpTransport {
             // SAFETY: the completion ring only returns frames of this
             // UMEM that we put on the TX ring; they are ours again.
             let n = unsafe { self.comp.consume(&mut self.batch[..batch]) };
-            self.free.extend_from_slice(&self.batch[..n]);
+            self.free.extend(self.batch[..n].iter().copied().map(Slot));
             if n < batch {
                 break;
             }
@@ -450,7 +482,7 @@ impl Transport for XdpTransport {
             if refilled != n {
                 // Cannot happen (the fill ring holds every frame); keep
                 // them rather than lose them.
-                self.free.extend_from_slice(&self.batch[..n]);
+                self.free.extend(self.batch[..n].iter().copied().map(Slot));
             }
         }
         if self.fill.needs_wakeup() {
@@ -470,25 +502,25 @@ impl Transport for XdpTransport {
         if self.free.is_empty() {
             self.reclaim();
         }
-        let Some(mut desc) = self.free.pop() else {
+        let Some(mut slot) = self.free.pop() else {
             self.stats.tx_full += 1;
             return Ok(false);
         };
         let header_len = self.config.encap.header_len();
-        // SAFETY: `desc` was in the free pool: no ring and no other
-        // reference holds it.
-        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        // SAFETY: `slot` is the token of a free frame: no ring and no
+        // other reference holds it.
+        let mut data = unsafe { self.umem.data_mut(&mut slot.0) };
         let mut cursor = data.cursor();
         let capacity = cursor.buf_len();
         cursor.set_pos(capacity);
         let buf = data.contents_mut();
         let end = (header_len + self.max_frame_len).min(buf.len());
         let Some((dst, len)) = fill(&mut buf[header_len..end]) else {
-            self.free.push(desc);
+            self.free.push(slot);
             return Ok(true);
         };
         if len > self.max_frame_len {
-            self.free.push(desc);
+            self.free.push(slot);
             return Err(config_error(
                 "send",
                 format!(
@@ -506,19 +538,14 @@ impl Transport for XdpTransport {
             &mut buf[..frame_len],
         );
         data.cursor().set_pos(frame_len);
-        self.pending.push(desc);
+        self.pending.push(slot);
         Ok(true)
     }
 
     fn flush(&mut self, _now: Instant) -> Result<(), TransportError> {
         if !self.pending.is_empty() {
-            // SAFETY: the pending frames are ours (written by `send`) and
-            // are not touched again until the completion ring returns them.
-            let produced = unsafe { self.tx.produce(&self.pending) };
-            if produced == self.pending.len() {
-                self.stats.sent += produced as u64;
-                self.pending.clear();
-            }
+            let produced = Slot::into_kernel(&mut self.pending, &mut self.tx);
+            self.stats.sent += produced as u64;
             // Else the TX ring is full: they go with the next flush.
         }
         if self.tx.needs_wakeup() {
