@@ -175,6 +175,8 @@ pub struct XdpTransport {
     free: Vec<Slot>,
     /// Frames written by `send`, waiting for `flush`.
     pending: Vec<Slot>,
+    /// Frames on the TX ring the completion ring has not returned yet.
+    in_flight: usize,
     /// Scratch for RX and completion descriptors.
     batch: Vec<FrameDesc>,
     max_frame_len: usize,
@@ -398,6 +400,7 @@ impl XdpTransport {
             tx,
             rx,
             pending: Vec::with_capacity(free.len()),
+            in_flight: 0,
             free,
             batch: vec![FrameDesc::default(); batch_len],
             max_frame_len,
@@ -435,6 +438,7 @@ impl XdpTransport {
             // UMEM that we put on the TX ring; they are ours again.
             let n = unsafe { self.comp.consume(&mut self.batch[..batch]) };
             self.free.extend(self.batch[..n].iter().copied().map(Slot));
+            self.in_flight = self.in_flight.saturating_sub(n);
             if n < batch {
                 break;
             }
@@ -546,9 +550,12 @@ impl Transport for XdpTransport {
         if !self.pending.is_empty() {
             let produced = Slot::into_kernel(&mut self.pending, &mut self.tx);
             self.stats.sent += produced as u64;
+            self.in_flight += produced;
             // Else the TX ring is full: they go with the next flush.
         }
-        if self.tx.needs_wakeup() {
+        // Kick only while frames wait on the TX ring: an idle receiver
+        // makes no syscall.
+        if self.in_flight > 0 && self.tx.needs_wakeup() {
             self.stats.wakeups += 1;
             if let Err(source) = self.tx.wakeup() {
                 // Busy or out of buffers: the kernel goes on with the ring
