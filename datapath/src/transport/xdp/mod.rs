@@ -554,27 +554,23 @@ impl Transport for XdpTransport {
             // Else the TX ring is full: they go with the next flush.
         }
         // Kick only while frames wait on the TX ring: an idle receiver
-        // makes no syscall.
-        if self.in_flight > 0 && self.tx.needs_wakeup() {
+        // makes no syscall. In copy mode one kick sends a limited batch
+        // (the kernel's TX budget), so kick again while kicks make
+        // progress, a few times at most.
+        let mut kicks = 0;
+        while self.in_flight > 0 && kicks < 4 && self.tx.needs_wakeup() {
+            kicks += 1;
             self.stats.wakeups += 1;
             if let Err(source) = self.tx.wakeup() {
-                // Busy or out of buffers: the kernel goes on with the ring
-                // at the next kick.
-                let transient = matches!(
-                    source.raw_os_error(),
-                    Some(libc_errno) if [
-                        nix::errno::Errno::EAGAIN as i32,
-                        nix::errno::Errno::EBUSY as i32,
-                        nix::errno::Errno::ENOBUFS as i32,
-                        nix::errno::Errno::ENETDOWN as i32,
-                    ].contains(&libc_errno)
-                );
-                if !transient {
-                    return Err(TransportError::Syscall {
-                        call: "sendto",
-                        source,
-                    });
-                }
+                return Err(TransportError::Syscall {
+                    call: "sendto",
+                    source,
+                });
+            }
+            let before = self.in_flight;
+            self.reclaim();
+            if self.in_flight == before {
+                break;
             }
         }
         self.reclaim();
