@@ -427,3 +427,34 @@ fn two_queues_two_pinned_threads_carry_traffic() {
     assert!(stats.redirected >= 2 * PER_QUEUE, "{stats:?}");
     assert_eq!(stats.no_socket, 0, "{stats:?}");
 }
+
+#[test]
+fn busy_polling_sockets_carry_traffic() {
+    let pair = topology();
+    let busy = |host: &netns::Host| {
+        let ns = host.ns.name().to_owned();
+        let config = XdpConfig {
+            busy_poll: Some(50),
+            ..XdpConfig::new(&host.interface, host.endpoint.ip)
+        };
+        move || {
+            netns::enter(&ns).map_err(|e| TransportError::Config(e.to_string()))?;
+            XdpTransport::new(config)
+        }
+    };
+    let a = Runtime::spawn(
+        "busy-a",
+        RuntimeConfig::new(vec![("b".into(), relay(pair.b.endpoint))]),
+        busy(&pair.a),
+    )
+    .unwrap_or_else(|e| panic!("busy-polling AF_XDP socket: {e}"));
+    let b = Runtime::spawn(
+        "busy-b",
+        RuntimeConfig::new(vec![("a".into(), relay(pair.a.endpoint))]),
+        busy(&pair.b),
+    )
+    .unwrap();
+    b.export_rpc("kv", KvStoreServer(MemoryStore::new(100)))
+        .unwrap();
+    kv_round(&a, "b", "k", 30);
+}
