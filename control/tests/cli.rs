@@ -135,3 +135,32 @@ fn decode_prints_fields_and_rejects_garbage() {
     let output = xrelay(&["decode", "zz"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// Runs `xrelay ARGS` as the unprivileged user `nobody` (util-linux's
+/// setpriv; the tests run as root).
+fn xrelay_unprivileged(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_xrelay"))
+        .args(args)
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+#[test]
+fn without_privileges_auto_falls_back_to_udp_and_xdp_says_why() {
+    let output = xrelay_unprivileged(&["demo", "--keys", "50", "--json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("AF_XDP is not available here"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line of notice: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["transport"], "udp");
+    assert_eq!(json["ok"], true);
+
+    let output = xrelay_unprivileged(&["demo", "--transport", "xdp", "--keys", "50"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs root"), "{stderr}");
+}

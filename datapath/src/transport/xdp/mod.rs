@@ -74,7 +74,7 @@ pub enum BindMode {
 /// It is neither `Clone` nor `Copy`, and only this module makes one: from
 /// a frame the UMEM hands out at creation, or one the kernel gives back on
 /// the completion ring. Handing a frame to the kernel (the TX ring)
-/// consumes its token ([`Slot::into_kernel`]), so the compiler rejects a
+/// consumes its token (`Slot::into_kernel`), so the compiler rejects a
 /// second use of a slot the kernel owns; RX frames go back to the fill ring
 /// within [`Transport::recv`] and never get a token.
 #[derive(Debug)]
