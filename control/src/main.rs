@@ -6,9 +6,14 @@
 //! * `xrelay decode HEX`: prints a relay frame or an Ethernet frame
 //!   carrying one, field by field.
 //!
-//! The daemon (`run`, `check`, `reload`, ...) arrives with the control plane.
+//! * `xrelay check CONFIG`: validates a node configuration
+//!   (docs/config.md); every error names the file, line and field.
+//!
+//! The daemon (`run`, `reload`, `stats`, ...) arrives with the rest of the
+//! control plane.
 #![forbid(unsafe_code)]
 
+mod config;
 mod decode;
 mod demo;
 
@@ -30,6 +35,8 @@ enum Command {
     Demo(demo::Args),
     /// Decode a frame given as hex (spaces allowed).
     Decode(decode::Args),
+    /// Validate a configuration without starting anything (exit 2 on errors).
+    Check(config::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +44,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Decode(args) => decode::run(&args),
+        Command::Check(args) => config::check(&args),
     }
 }
