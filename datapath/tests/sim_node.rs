@@ -965,3 +965,103 @@ fn a_node_waiting_for_a_down_peer_sleeps() {
     let next = sim.host(1).node.poll_timeout();
     assert!(next > now, "poll_timeout {next:?} is not after now {now:?}");
 }
+
+#[test]
+fn policy_denies_counts_grants_on_reload_and_revokes_cleanly() {
+    use std::collections::BTreeSet;
+    let mut sim = Sim::new(16, Faults::lossy(0.1), 3);
+    echo_export(&mut sim, 2);
+    let rpc_export = ExportId(0);
+    let module = sim.host(2).node.export_rom("config").unwrap();
+    let node = &sim.host(2).node;
+    let (h1, h3) = (node.peer("h1").unwrap(), node.peer("h3").unwrap());
+    // B lets A call and subscribe, not C.
+    let policy: BTreeSet<_> = [(h1, rpc_export), (h1, module)].into_iter().collect();
+    sim.host(2).node.set_policy(Some(policy.clone()));
+    let now = sim.now;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
+    let v = sim
+        .host(2)
+        .node
+        .publish(now, module, Some(data.clone()))
+        .unwrap();
+    let rpc_a = sim.open(1, "h2", Service::Rpc, "echo");
+    let rom_a = sim.open(1, "h2", Service::Rom, "config");
+
+    let now = sim.now;
+    let h2 = sim.host(3).node.peer("h2").unwrap();
+    let rom_c = sim
+        .host(3)
+        .node
+        .open(now, h2, Service::Rom, "config")
+        .unwrap();
+    assert!(
+        sim.run_until(Duration::from_secs(2), |sim| !sim.host(3).events.is_empty()
+            && sim
+                .host(3)
+                .events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Closed { .. })))
+    );
+    assert!(sim.host(3).events.iter().any(|e| matches!(
+        e,
+        NodeEvent::Closed { session, reason: CloseCause::Refused(OpenStatus::Denied) } if *session == rom_c
+    )));
+    assert!(sim.host(2).node.stats().policy_denied >= 1);
+
+    // Reload while A's transfer is in flight: C may now subscribe too.
+    sim.run_until(Duration::from_millis(5), |_| false);
+    let mut granted = policy.clone();
+    granted.insert((h3, module));
+    sim.host(2).node.set_policy(Some(granted));
+    let rom_c = sim.open(3, "h2", Service::Rom, "config");
+    assert!(sim.run_until(Duration::from_secs(20), |sim| {
+        sim.host(1)
+            .node
+            .rom_current(rom_a)
+            .is_some_and(|c| c.version == v)
+            && sim
+                .host(3)
+                .node
+                .rom_current(rom_c)
+                .is_some_and(|c| c.version == v)
+    }));
+    assert_eq!(sim.host(3).node.rom_current(rom_c).unwrap().data, data);
+    // A's sessions were not disturbed by the reload.
+    assert!(!sim
+        .host(1)
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Interrupted { .. } | NodeEvent::Closed { .. })));
+    assert_eq!(sim.host(2).node.stats().revoked, 0);
+
+    // A new policy withdraws A's RPC: its session closes with a clear
+    // reason and calls fail as closed.
+    let mut withdrawn = BTreeSet::new();
+    withdrawn.insert((h1, module));
+    withdrawn.insert((h3, module));
+    sim.host(2).node.set_policy(Some(withdrawn));
+    assert!(sim.run_until(Duration::from_secs(5), |sim| sim.host(1).events.iter().any(|e| matches!(
+        e,
+        NodeEvent::Closed { session, reason: CloseCause::ClosedByServer(xrelay_datapath::wire::session::CloseReason::Revoked) } if *session == rpc_a
+    ))));
+    let now = sim.now;
+    assert!(matches!(
+        sim.host(1).node.call(now, rpc_a, ECHO, 0, vec![1]),
+        Err(CallError::Closed(_))
+    ));
+    assert_eq!(sim.host(2).node.stats().revoked, 1);
+    // The ROM subscription, still allowed, goes on.
+    let now = sim.now;
+    let v2 = sim
+        .host(2)
+        .node
+        .publish(now, module, Some(vec![9; 10_000]))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| {
+        sim.host(1)
+            .node
+            .rom_current(rom_a)
+            .is_some_and(|c| c.version == v2)
+    }));
+}

@@ -28,7 +28,7 @@ mod session;
 
 use core::ops::Bound;
 use core::time::Duration;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use self::session::{ClientEngine, ClientSession, Content, Phase, ServedEngine, ServedSession};
@@ -259,6 +259,10 @@ pub struct NodeStats {
     pub refused_opens: u64,
     /// Our automatic reopens the peer refused (tried again later).
     pub refused_reopens: u64,
+    /// SESSION_OPENs the policy does not allow (also in `refused_opens`).
+    pub policy_denied: u64,
+    /// Served sessions closed because a new policy no longer allows them.
+    pub revoked: u64,
     /// Control frames not queued because the queue was full.
     pub control_queue_full: u64,
     /// Signals for more contexts than a session may have.
@@ -365,6 +369,8 @@ pub struct Node {
     reply: Vec<u8>,
     /// Seeded by the incarnation: open ids and channel numbers.
     rng: fastrand::Rng,
+    /// Which peer may open which export; `None` allows everything.
+    policy: Option<BTreeSet<(PeerId, ExportId)>>,
 }
 
 impl core::fmt::Debug for Node {
@@ -409,6 +415,7 @@ impl Node {
             stats: NodeStats::default(),
             peer_turn: 0,
             reply: Vec::new(),
+            policy: None,
         })
     }
 
@@ -455,6 +462,44 @@ impl Node {
             served_first: false,
         });
         Ok(PeerId(self.peers.len() - 1))
+    }
+
+    /// Sets which peer may open which export (`None`: everyone may open
+    /// everything). Sessions the new policy no longer allows are closed at
+    /// once with SESSION_CLOSE "revoked" (the client's pending calls fail
+    /// with a clear error); sessions it still allows go on undisturbed.
+    pub fn set_policy(&mut self, policy: Option<BTreeSet<(PeerId, ExportId)>>) {
+        self.policy = policy;
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let limit = self.config.max_control_queue;
+        for (p, peer) in self.peers.iter_mut().enumerate() {
+            let revoked: Vec<u32> = peer
+                .served
+                .iter()
+                .filter(|(_, s)| !policy.contains(&(PeerId(p), s.export)))
+                .map(|(&channel, _)| channel)
+                .collect();
+            for channel in revoked {
+                if let Some(served) = peer.served.remove(&channel) {
+                    peer.served_opens.remove(&served.open_id);
+                    if let ServedEngine::Rpc(server) = &served.engine {
+                        peer.assembling -= server.assembling_bytes();
+                    }
+                }
+                self.stats.revoked += 1;
+                peer.queue_control(
+                    &mut self.stats,
+                    limit,
+                    channel,
+                    Control::Close {
+                        reason: CloseReason::Revoked,
+                        origin: Origin::Server,
+                    },
+                );
+            }
+        }
     }
 
     /// The peer called `name`.
@@ -945,8 +990,14 @@ impl Node {
             );
             return;
         }
+        let allowed = |export: ExportId| {
+            self.policy
+                .as_ref()
+                .is_none_or(|policy| policy.contains(&(PeerId(p), export)))
+        };
         let status = match export {
             None => OpenStatus::NoRoute,
+            Some(export) if !allowed(export) => OpenStatus::Denied,
             Some(_) if peer.served.len() >= self.config.max_sessions_per_peer => {
                 OpenStatus::Exhausted
             }
@@ -954,6 +1005,9 @@ impl Node {
         };
         let Some(export) = export.filter(|_| status == OpenStatus::Accepted) else {
             self.stats.refused_opens += 1;
+            if status == OpenStatus::Denied {
+                self.stats.policy_denied += 1;
+            }
             peer.queue_control(
                 &mut self.stats,
                 limit,
