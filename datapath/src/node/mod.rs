@@ -20,9 +20,10 @@
 //! this node hold is bounded (sessions per peer, signal contexts per
 //! session, reassembly bytes per RPC session, control queue, ROM size).
 //!
-//! Routing and capability policy are the control plane's (docs/config.md);
-//! here an export is open to every configured peer and a peer is known by
-//! its address.
+//! The control plane decides policy (docs/config.md) and hands the node
+//! the set of (peer, export) pairs allowed ([`Node::set_policy`]); without
+//! one, an export is open to every configured peer. A peer is known by its
+//! address.
 
 mod session;
 
