@@ -7,7 +7,8 @@
 //!   fill ring (for receiving), half in the transport's free pool (for
 //!   sending). Every frame is, at any time, in exactly one place: the
 //!   kernel (fill or TX ring, in flight), the RX batch being handed to the
-//!   caller, the free pool, or the batch queued for TX.
+//!   caller, the queue of read frames waiting for room on the fill ring,
+//!   the free pool, or the batch queued for TX.
 //! * **Receive**: a batch of RX descriptors; each frame is parsed in place
 //!   (Ethernet, IPv4 and UDP checksums verified), the relay frame is handed
 //!   to the caller as a slice of the UMEM, and the frame goes straight back
@@ -183,6 +184,8 @@ pub struct XdpTransport {
     pending: Vec<Slot>,
     /// Frames on the TX ring the completion ring has not returned yet.
     in_flight: usize,
+    /// Received frames waiting for room on the fill ring.
+    refill: Vec<Slot>,
     /// Scratch for RX and completion descriptors.
     batch: Vec<FrameDesc>,
     max_frame_len: usize,
@@ -446,6 +449,7 @@ impl XdpTransport {
             rx,
             pending: Vec::with_capacity(free.len()),
             in_flight: 0,
+            refill: Vec::with_capacity(half),
             free,
             batch: vec![FrameDesc::default(); batch_len],
             max_frame_len,
@@ -473,6 +477,33 @@ impl XdpTransport {
             .lock()
             .map_err(|_| config_error("the XDP program", "a holder panicked"))?
             .stats()
+    }
+
+    /// Puts as many `refill` frames on the fill ring as it has room for.
+    fn return_to_fill_ring(&mut self) {
+        let waiting = self.refill.len();
+        if waiting == 0 {
+            return;
+        }
+        let room = self
+            .fill
+            .nb_free(u32::try_from(waiting).unwrap_or(u32::MAX)) as usize;
+        let count = room.min(waiting);
+        if count == 0 {
+            return;
+        }
+        let start = waiting - count;
+        // SAFETY: `Slot` is `repr(transparent)` over `FrameDesc`.
+        let descs: &[FrameDesc] = unsafe {
+            core::slice::from_raw_parts(self.refill[start..].as_ptr().cast::<FrameDesc>(), count)
+        };
+        // SAFETY: these frames are ours (read and done with); the fill ring
+        // has room for all of them, so they all go, and their tokens are
+        // dropped below.
+        let produced = unsafe { self.fill.produce(descs) };
+        if produced == count {
+            self.refill.truncate(start);
+        }
     }
 
     /// Takes back the frames the kernel has finished sending.
@@ -523,17 +554,13 @@ impl Transport for XdpTransport {
                 _ => self.stats.dropped += 1,
             }
         }
-        if n > 0 {
-            // SAFETY: the frames were read above and are not used again
-            // until the RX ring returns them.
-            let refilled = unsafe { self.fill.produce(&self.batch[..n]) };
-            debug_assert_eq!(refilled, n, "the fill ring has room for every RX frame");
-            if refilled != n {
-                // Cannot happen (the fill ring holds every frame); keep
-                // them rather than lose them.
-                self.free.extend(self.batch[..n].iter().copied().map(Slot));
-            }
-        }
+        // Read frames go back to the fill ring. The kernel may release
+        // fill-ring entries later than it fills RX entries, so the ring can
+        // look full for a moment: what does not fit waits in `refill` and
+        // goes first next time, never to another pool.
+        self.refill
+            .extend(self.batch[..n].iter().copied().map(Slot));
+        self.return_to_fill_ring();
         if self.fill.needs_wakeup() {
             self.stats.wakeups += 1;
             self.fill
