@@ -8,6 +8,8 @@
 //!   marshals by hand.
 //! * [`example`]: a worked example interface (a key-value store) used by
 //!   tests, the demo and the documentation.
+//! * [`auth`]: frame authentication (ChaCha20-Poly1305 tags) and the
+//!   anti-replay window.
 //! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC, ROM).
 //! * [`netns`]: test hosts in network namespaces joined by veth (demo,
 //!   tests, benchmarks).
@@ -25,6 +27,7 @@
 // work inside the crate too (for the example interface and the tests).
 extern crate self as xrelay_datapath;
 
+pub mod auth;
 pub mod engine;
 pub mod example;
 pub mod marshal;

@@ -1065,3 +1065,73 @@ fn policy_denies_counts_grants_on_reload_and_revokes_cleanly() {
             .is_some_and(|c| c.version == v2)
     }));
 }
+
+#[test]
+fn authenticated_peers_talk_and_wrong_keys_and_replays_are_counted_drops() {
+    use xrelay_datapath::auth::FrameKeys;
+    let mut sim = Sim::new(17, Faults::lossy(0.1), 3);
+    let (k12, k23) = ([1u8; 32], [2u8; 32]);
+    let set = |sim: &mut Sim, host: u8, peer: &str, keys: FrameKeys| {
+        let node = &mut sim.host(host).node;
+        let id = node.peer(peer).unwrap();
+        node.set_peer_keys(id, Some(keys)).unwrap();
+    };
+    set(&mut sim, 1, "h2", FrameKeys::derive(&k12, "h1", "h2"));
+    set(&mut sim, 2, "h1", FrameKeys::derive(&k12, "h2", "h1"));
+    set(&mut sim, 2, "h3", FrameKeys::derive(&k23, "h2", "h3"));
+    // Host 3 has the wrong key for h2.
+    set(&mut sim, 3, "h2", FrameKeys::derive(&[9u8; 32], "h3", "h2"));
+    echo_export(&mut sim, 2);
+    let rpc = sim.open(1, "h2", Service::Rpc, "echo");
+    let now = sim.now;
+    let id = sim
+        .host(1)
+        .node
+        .call(now, rpc, ECHO, 0, vec![1, 2, 3])
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |sim| calls_done(
+        &sim.host(1).events
+    )
+    .contains_key(&id)));
+    assert_eq!(calls_done(&sim.host(1).events)[&id], Ok((0, vec![3, 2, 1])));
+    // Host 3's frames never pass: its open gets no answer.
+    let now = sim.now;
+    let h2 = sim.host(3).node.peer("h2").unwrap();
+    let session = sim
+        .host(3)
+        .node
+        .open(now, h2, Service::Rpc, "echo")
+        .unwrap();
+    sim.run_until(Duration::from_secs(1), |_| false);
+    assert!(!sim.host(3).node.is_open(session));
+    assert!(sim.host(2).node.stats().auth_failed > 0);
+    let stats = sim.host(2).node.stats();
+    assert_eq!(stats.replayed, 0, "{stats:?}");
+
+    // A captured frame sent again is a replay.
+    let mut a = Node::new(config(31)).unwrap();
+    let mut b = Node::new(config(32)).unwrap();
+    let now = Instant::from_nanos(1);
+    let to_b = a.add_peer(now, "b", host_endpoint(2)).unwrap();
+    let to_a = b.add_peer(now, "a", host_endpoint(1)).unwrap();
+    a.set_peer_keys(to_b, Some(FrameKeys::derive(&k12, "a", "b")))
+        .unwrap();
+    b.set_peer_keys(to_a, Some(FrameKeys::derive(&k12, "b", "a")))
+        .unwrap();
+    let mut buf = vec![0u8; 1472];
+    let (_, len) = a.poll_transmit(now, &mut buf).expect("a heartbeat");
+    b.handle_datagram(now, host_endpoint(1), &buf[..len]);
+    assert_eq!(b.stats().replayed, 0);
+    b.handle_datagram(now, host_endpoint(1), &buf[..len]);
+    assert_eq!(b.stats().replayed, 1);
+    // An altered copy fails the tag first.
+    buf[len - 1] ^= 1;
+    b.handle_datagram(now, host_endpoint(1), &buf[..len]);
+    assert_eq!(b.stats().auth_failed, 1);
+    // And a frame without authentication from a keyed peer is refused.
+    let mut plain = Node::new(config(33)).unwrap();
+    plain.add_peer(now, "b", host_endpoint(2)).unwrap();
+    let (_, len) = plain.poll_transmit(now, &mut buf).expect("a heartbeat");
+    b.handle_datagram(now, host_endpoint(1), &buf[..len]);
+    assert_eq!(b.stats().unauthenticated, 1);
+}

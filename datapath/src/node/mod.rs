@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use self::session::{ClientEngine, ClientSession, Content, Phase, ServedEngine, ServedSession};
+use crate::auth::{FrameKeys, ReplayWindow};
 use crate::engine::peer::{LivenessConfig, PeerEvent, PeerLiveness, PeerState};
 use crate::engine::rom::{RomConfig, RomReceiver, RomSender, RomVersion};
 use crate::engine::rpc::{CallOutcome, RpcClient, RpcConfig, RpcServer};
@@ -250,8 +251,14 @@ pub struct NodeStats {
     pub bad_version: u64,
     /// A frame kind or flag this node does not know.
     pub unknown_kind: u64,
-    /// Authenticated frames while no key is configured.
+    /// Frames whose authentication does not match the peer's
+    /// configuration: AUTH set while no key is configured, or missing (or
+    /// with ENCRYPTED, which this node does not do) while one is.
     pub unauthenticated: u64,
+    /// Frames whose tag does not verify (wrong key, altered frame).
+    pub auth_failed: u64,
+    /// Authenticated frames seen before or older than the replay window.
+    pub replayed: u64,
     /// For a session this node does not hold (answered with SESSION_CLOSE).
     pub unknown_session: u64,
     /// A kind that does not belong to the session's service or direction.
@@ -303,6 +310,10 @@ struct Peer {
     endpoint: Endpoint,
     liveness: PeerLiveness,
     sequence: u64,
+    /// Frame keys of the pair; `None`: frames are not authenticated.
+    keys: Option<FrameKeys>,
+    /// Sequences seen from the peer (authenticated peers only).
+    replay: ReplayWindow,
     /// Sessions the peer opened here, by the channel this node assigned.
     served: BTreeMap<u32, ServedSession>,
     /// The peer's open ids of served sessions, to answer repeated opens.
@@ -449,6 +460,8 @@ impl Node {
             endpoint,
             liveness: PeerLiveness::new(self.config.liveness, self.config.incarnation, now),
             sequence: self.config.initial_sequence,
+            keys: None,
+            replay: ReplayWindow::default(),
             served: BTreeMap::new(),
             served_opens: BTreeMap::new(),
             next_channel: self.rng.u32(1..),
@@ -501,6 +514,23 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// Authenticates every frame to and from `peer` with `keys` (derived
+    /// with [`FrameKeys::derive`] from the pair's key and the two node
+    /// names); `None` turns authentication off for that peer.
+    pub fn set_peer_keys(
+        &mut self,
+        peer: PeerId,
+        keys: Option<FrameKeys>,
+    ) -> Result<(), NodeError> {
+        let peer = self
+            .peers
+            .get_mut(peer.0)
+            .ok_or(NodeError::Unknown("peer"))?;
+        peer.keys = keys;
+        peer.replay = ReplayWindow::default();
+        Ok(())
     }
 
     /// The peer called `name`.
@@ -816,8 +846,8 @@ impl Node {
             self.stats.unknown_peer += 1;
             return;
         };
-        let frame = match Frame::parse(bytes) {
-            Ok((frame, _)) => frame,
+        let (frame, frame_len) = match Frame::parse(bytes) {
+            Ok(parsed) => parsed,
             Err(error) => {
                 match error {
                     WireError::UnsupportedVersion(_) => self.stats.bad_version += 1,
@@ -829,9 +859,29 @@ impl Node {
                 return;
             }
         };
-        if frame.flags != Flags::NONE {
-            self.stats.unauthenticated += 1;
-            return;
+        let peer = &mut self.peers[p];
+        match &peer.keys {
+            // The tag first, then the replay window (docs/wire.md 11).
+            Some(keys) => {
+                if frame.flags != Flags::AUTH {
+                    self.stats.unauthenticated += 1;
+                    return;
+                }
+                if keys.verify(&bytes[..frame_len], frame.sequence).is_err() {
+                    self.stats.auth_failed += 1;
+                    return;
+                }
+                if !peer.replay.accept(frame.sequence) {
+                    self.stats.replayed += 1;
+                    return;
+                }
+            }
+            None => {
+                if frame.flags != Flags::NONE {
+                    self.stats.unauthenticated += 1;
+                    return;
+                }
+            }
         }
         self.peers[p].liveness.handle_frame(now);
         let channel = frame.channel;
@@ -1341,7 +1391,13 @@ impl Node {
         self.peer_events(now, p);
         let peer = &mut self.peers[p];
         if let Some(heartbeat) = peer.liveness.poll_transmit(now) {
-            return emit(&mut peer.sequence, 0, Message::Heartbeat(heartbeat), buf);
+            return emit(
+                &mut peer.sequence,
+                peer.keys.as_ref(),
+                0,
+                Message::Heartbeat(heartbeat),
+                buf,
+            );
         }
         if let Some((channel, control)) = peer.control.pop_front() {
             let message = match control {
@@ -1352,7 +1408,13 @@ impl Node {
                     Message::SessionClose(SessionClose { reason, origin })
                 }
             };
-            return emit(&mut peer.sequence, channel, message, buf);
+            return emit(
+                &mut peer.sequence,
+                peer.keys.as_ref(),
+                channel,
+                message,
+                buf,
+            );
         }
         if peer.liveness.state() != PeerState::Down {
             let due = peer.closing.iter_mut().find(|(_, c)| c.next <= now);
@@ -1366,7 +1428,13 @@ impl Node {
                     reason: CloseReason::Normal,
                     origin: Origin::Client,
                 });
-                return emit(&mut peer.sequence, channel, message, buf);
+                return emit(
+                    &mut peer.sequence,
+                    peer.keys.as_ref(),
+                    channel,
+                    message,
+                    buf,
+                );
             }
         }
         // Client and served sessions take turns going first, so a long
@@ -1389,6 +1457,7 @@ impl Node {
         let Peer {
             liveness,
             sequence,
+            keys,
             clients,
             client_turn,
             ..
@@ -1421,15 +1490,15 @@ impl Node {
                             service: client.service,
                             label: &client.label,
                         });
-                        emit(sequence, 0, message, buf)
+                        emit(sequence, keys.as_ref(), 0, message, buf)
                     }
                     Phase::Open { channel } => {
                         let channel = *channel;
                         let len = match client.poll_transmit(now) {
-                            Some(message) => emit(sequence, channel, message, buf),
-                            None => client
-                                .probe(now, probe_after)
-                                .and_then(|message| emit(sequence, channel, message, buf)),
+                            Some(message) => emit(sequence, keys.as_ref(), channel, message, buf),
+                            None => client.probe(now, probe_after).and_then(|message| {
+                                emit(sequence, keys.as_ref(), channel, message, buf)
+                            }),
                         };
                         // Timers may have ended calls (deadlines).
                         if let ClientEngine::Rpc(rpc) = &mut client.engine {
@@ -1457,6 +1526,7 @@ impl Node {
     fn transmit_served(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
         let Peer {
             sequence,
+            keys,
             served,
             served_turn,
             assembling,
@@ -1478,7 +1548,7 @@ impl Node {
                     *assembling -= before - server.assembling_bytes();
                 }
                 if let Some(message) = session.poll_transmit(now) {
-                    let len = emit(sequence, channel, message, buf);
+                    let len = emit(sequence, keys.as_ref(), channel, message, buf);
                     *served_turn = channel.wrapping_add(1);
                     return len;
                 }
@@ -1537,9 +1607,19 @@ fn same_address(a: &Endpoint, b: &Endpoint) -> bool {
 
 /// Emits one frame into the front of `buf`; `None` (and nothing sent) if
 /// it does not fit, which the sizes derived in [`Node::new`] rule out.
-fn emit(sequence: &mut u64, channel: u32, message: Message<'_>, buf: &mut [u8]) -> Option<usize> {
+fn emit(
+    sequence: &mut u64,
+    keys: Option<&FrameKeys>,
+    channel: u32,
+    message: Message<'_>,
+    buf: &mut [u8],
+) -> Option<usize> {
     let frame = Frame {
-        flags: Flags::NONE,
+        flags: if keys.is_some() {
+            Flags::AUTH
+        } else {
+            Flags::NONE
+        },
         channel,
         sequence: *sequence,
         message,
@@ -1548,8 +1628,13 @@ fn emit(sequence: &mut u64, channel: u32, message: Message<'_>, buf: &mut [u8]) 
     if len > buf.len() {
         return None;
     }
-    *sequence = sequence.wrapping_add(1);
     frame.emit(&mut buf[..len]);
+    if let Some(keys) = keys {
+        // The trailer was reserved by `Frame::emit`; a failure here is a
+        // frame too short to seal, which `buffer_len` rules out.
+        keys.seal(&mut buf[..len], *sequence).ok()?;
+    }
+    *sequence = sequence.wrapping_add(1);
     Some(len)
 }
 
