@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
+use xrelay_datapath::auth::FrameKeys;
 use xrelay_datapath::netns::{self, VethPair};
 use xrelay_datapath::node::{Node, NodeConfig};
 use xrelay_datapath::poll::{pin_to_core, poll_once, Budget};
@@ -51,6 +52,9 @@ impl Backend {
         }
     }
 }
+
+/// The pair key of the benchmark's nodes (with `--authenticate`).
+const BENCH_KEY: [u8; 32] = [0x42; 32];
 
 /// Where one end runs: namespace, interface, address.
 #[derive(Debug, Clone)]
@@ -115,7 +119,7 @@ struct Rates {
     received: f64,
 }
 
-fn measure(backend: Backend, seconds: f64) -> Result<Rates, String> {
+fn measure(backend: Backend, seconds: f64, authenticate: bool) -> Result<Rates, String> {
     let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -131,8 +135,14 @@ fn measure(backend: Backend, seconds: f64) -> Result<Rates, String> {
             let mut link = transport(backend, &host).map_err(|e| e.to_string())?;
             let mut node =
                 Node::new(NodeConfig::new(link.max_frame_len())).map_err(|e| e.to_string())?;
-            node.add_peer(clock.now(), "a", relay(a_at))
+            let peer = node
+                .add_peer(clock.now(), "a", relay(a_at))
                 .map_err(|e| e.to_string())?;
+            if authenticate {
+                let keys = FrameKeys::derive(&BENCH_KEY, "b", "a");
+                node.set_peer_keys(peer, Some(keys))
+                    .map_err(|e| e.to_string())?;
+            }
             node.export_signal("bench").map_err(|e| e.to_string())?;
             while !stop.load(Ordering::Relaxed) {
                 if backend == Backend::RawXdp {
@@ -193,6 +203,11 @@ fn measure(backend: Backend, seconds: f64) -> Result<Rates, String> {
             let peer = node
                 .add_peer(clock.now(), "b", to)
                 .map_err(|e| e.to_string())?;
+            if authenticate {
+                let keys = FrameKeys::derive(&BENCH_KEY, "a", "b");
+                node.set_peer_keys(peer, Some(keys))
+                    .map_err(|e| e.to_string())?;
+            }
             let session = node
                 .open(clock.now(), peer, Service::Signal, "bench")
                 .map_err(|e| e.to_string())?;
@@ -259,7 +274,7 @@ fn measure(backend: Backend, seconds: f64) -> Result<Rates, String> {
 
 /// Runs every backend `runs` times, alternating; prints medians and, when
 /// all three ran, the ratios.
-pub fn run(seconds: f64, runs: usize, only: &[Backend]) -> Result<(), String> {
+pub fn run(seconds: f64, runs: usize, only: &[Backend], authenticate: bool) -> Result<(), String> {
     let all = [Backend::RawXdp, Backend::Xdp, Backend::Udp];
     let backends: Vec<Backend> = if only.is_empty() {
         all.to_vec()
@@ -269,7 +284,7 @@ pub fn run(seconds: f64, runs: usize, only: &[Backend]) -> Result<(), String> {
     let mut rates: Vec<Vec<Rates>> = vec![Vec::new(); backends.len()];
     for _ in 0..runs.max(1) {
         for (i, &backend) in backends.iter().enumerate() {
-            rates[i].push(measure(backend, seconds)?);
+            rates[i].push(measure(backend, seconds, authenticate)?);
         }
     }
     // The run with the median received rate, per backend.
@@ -283,6 +298,9 @@ pub fn run(seconds: f64, runs: usize, only: &[Backend]) -> Result<(), String> {
     println!(
         "sender and receiver pinned to cores 0 and 1, busy-polling; median of {runs} x {seconds} s"
     );
+    if authenticate {
+        println!("relay frames authenticated (ChaCha20-Poly1305 tag, replay window)");
+    }
     println!("{:<10} {:>14} {:>14}", "backend", "frames/s", "sent/s");
     for (backend, rate) in backends.iter().zip(&picked) {
         println!(

@@ -54,6 +54,9 @@ enum Command {
         /// Only these backends (default: all three, with ratios).
         #[arg(long, value_enum)]
         backend: Vec<frames::Backend>,
+        /// Authenticate the relay's frames (ChaCha20-Poly1305, replay window).
+        #[arg(long)]
+        authenticate: bool,
     },
     /// RPC engine cost: calls per second through client and server engines.
     Engine {
@@ -219,8 +222,9 @@ fn main() {
             seconds,
             runs,
             backend,
+            authenticate,
         } => {
-            if let Err(error) = frames::run(seconds, runs, &backend) {
+            if let Err(error) = frames::run(seconds, runs, &backend, authenticate) {
                 eprintln!("xrelay-bench frames: {error}");
                 std::process::exit(1);
             }
