@@ -1,4 +1,5 @@
 //! Frame authentication (docs/wire.md section 11): a ChaCha20-Poly1305 tag
+//! (`ring`'s implementation)
 //! over the relay header and body of every frame, under a key per
 //! direction of a peer pair, with the frame's sequence number as the
 //! 64-bit counter nonce; and the receiver's anti-replay window, checked
@@ -9,8 +10,7 @@
 //! key-nonce pair: `derive_key("xrelay 2026-11 frame key", key || sender
 //! || 0x00 || receiver)` with the two nodes' names (docs/config.md).
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use crate::wire::header::{HEADER_LEN, TAG_LEN};
 
@@ -30,27 +30,29 @@ pub enum AuthError {
 
 const CONTEXT: &str = "xrelay 2026-11 frame key";
 
-fn derive(key: &[u8; 32], sender: &str, receiver: &str) -> ChaCha20Poly1305 {
+fn derive(key: &[u8; 32], sender: &str, receiver: &str) -> LessSafeKey {
     let mut material = Vec::with_capacity(32 + sender.len() + 1 + receiver.len());
     material.extend_from_slice(key);
     material.extend_from_slice(sender.as_bytes());
     material.push(0);
     material.extend_from_slice(receiver.as_bytes());
     let derived = blake3::derive_key(CONTEXT, &material);
-    ChaCha20Poly1305::new(Key::from_slice(&derived))
+    // A 32-byte key is exactly what CHACHA20_POLY1305 takes.
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &derived)
+        .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 keys are 32 bytes"));
+    LessSafeKey::new(unbound)
 }
 
 fn nonce(sequence: u64) -> Nonce {
     let mut bytes = [0u8; 12];
     bytes[4..].copy_from_slice(&sequence.to_le_bytes());
-    *Nonce::from_slice(&bytes)
+    Nonce::assume_unique_for_key(bytes)
 }
 
 /// The keys of one peer pair, seen from this node.
-#[derive(Clone)]
 pub struct FrameKeys {
-    send: ChaCha20Poly1305,
-    receive: ChaCha20Poly1305,
+    send: LessSafeKey,
+    receive: LessSafeKey,
 }
 
 impl core::fmt::Debug for FrameKeys {
@@ -79,9 +81,9 @@ impl FrameKeys {
         let (covered, trailer) = frame.split_at_mut(len - TAG_LEN);
         let tag = self
             .send
-            .encrypt_in_place_detached(&nonce(sequence), covered, &mut [])
+            .seal_in_place_separate_tag(nonce(sequence), Aad::from(&*covered), &mut [])
             .map_err(|_| AuthError::BadTag)?;
-        trailer.copy_from_slice(&tag);
+        trailer.copy_from_slice(tag.as_ref());
         Ok(())
     }
 
@@ -92,8 +94,12 @@ impl FrameKeys {
             return Err(AuthError::Truncated);
         }
         let (covered, trailer) = frame.split_at(len - TAG_LEN);
+        // An empty plaintext: the "ciphertext" to open is the tag alone.
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(trailer);
         self.receive
-            .decrypt_in_place_detached(&nonce(sequence), covered, &mut [], Tag::from_slice(trailer))
+            .open_in_place(nonce(sequence), Aad::from(covered), &mut tag)
+            .map(|_| ())
             .map_err(|_| AuthError::BadTag)
     }
 }
