@@ -9,13 +9,16 @@
 //! * `xrelay check CONFIG`: validates a node configuration
 //!   (docs/config.md); every error names the file, line and field.
 //!
-//! The daemon (`run`, `reload`, `stats`, ...) arrives with the rest of the
+//! * `xrelay run CONFIG`: the daemon (SIGHUP reloads keys and policy).
+//!
+//! The operator CLI (`reload`, `stats`, ...) arrives with the rest of the
 //! control plane.
 #![forbid(unsafe_code)]
 
 mod config;
 mod decode;
 mod demo;
+mod run;
 
 use std::process::ExitCode;
 
@@ -37,6 +40,8 @@ enum Command {
     Decode(decode::Args),
     /// Validate a configuration without starting anything (exit 2 on errors).
     Check(config::CheckArgs),
+    /// Run a node from a configuration until SIGINT or SIGTERM (SIGHUP reloads).
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +50,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Decode(args) => decode::run(&args),
         Command::Check(args) => config::check(&args),
+        Command::Run(args) => run::run(&args),
     }
 }

@@ -59,6 +59,9 @@ pub struct RuntimeConfig {
     pub open_timeout: Duration,
     /// Pin the datapath thread to this CPU core (`core_affinity` id).
     pub core: Option<usize>,
+    /// Print peer events (up, restarted, down) on stderr, one line each
+    /// (for daemons).
+    pub log_peers: bool,
 }
 
 impl RuntimeConfig {
@@ -72,6 +75,7 @@ impl RuntimeConfig {
             idle_park: Duration::from_micros(200),
             open_timeout: Duration::from_secs(3),
             core: None,
+            log_peers: false,
         }
     }
 }
@@ -165,6 +169,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The datapath thread's state besides the node: who waits for what.
 struct Driver {
     node: Node,
+    log_peers: bool,
     calls: HashMap<(SessionId, u64), Sender<CallResult>>,
     opens: HashMap<SessionId, Sender<Result<(), CloseCause>>>,
     signals: HashMap<ExportId, Arc<SignalShared>>,
@@ -202,7 +207,13 @@ impl Driver {
                         shared.changed.notify_all();
                     }
                 }
-                NodeEvent::Peer { .. } | NodeEvent::Interrupted { .. } => {}
+                NodeEvent::Peer { peer, event } => {
+                    if self.log_peers {
+                        let name = self.node.peer_name(peer).unwrap_or("?");
+                        eprintln!("xrelay: peer {name}: {event:?}");
+                    }
+                }
+                NodeEvent::Interrupted { .. } => {}
             }
         }
     }
@@ -368,6 +379,7 @@ impl Runtime {
                         transport,
                         Driver {
                             node,
+                            log_peers: config.log_peers,
                             calls: HashMap::new(),
                             opens: HashMap::new(),
                             signals: HashMap::new(),
@@ -493,6 +505,53 @@ impl Runtime {
             session,
             shared,
         })
+    }
+
+    /// Authenticates every frame to and from peer `name` with `keys`
+    /// (`None`: no authentication for that peer).
+    pub fn set_peer_keys(
+        &self,
+        name: &str,
+        keys: Option<crate::auth::FrameKeys>,
+    ) -> Result<(), RuntimeError> {
+        let name = name.to_owned();
+        self.inner.request(move |driver, _| {
+            let peer = driver
+                .node
+                .peer(&name)
+                .ok_or(RuntimeError::UnknownPeer(name))?;
+            driver.node.set_peer_keys(peer, keys)?;
+            Ok::<_, RuntimeError>(())
+        })?
+    }
+
+    /// Sets which peer may open which export, by names: `(peer, service,
+    /// label)` triples (`None`: everything is allowed). Sessions the new
+    /// policy no longer allows are revoked; the others go on.
+    pub fn set_policy(
+        &self,
+        allowed: Option<Vec<(String, Service, String)>>,
+    ) -> Result<(), RuntimeError> {
+        self.inner.request(move |driver, _| {
+            let Some(allowed) = allowed else {
+                driver.node.set_policy(None);
+                return Ok(());
+            };
+            let mut set = std::collections::BTreeSet::new();
+            for (peer, service, label) in allowed {
+                let p = driver
+                    .node
+                    .peer(&peer)
+                    .ok_or(RuntimeError::UnknownPeer(peer))?;
+                let export = driver
+                    .node
+                    .export_id(service, &label)
+                    .ok_or(RuntimeError::Node(NodeError::Unknown("export")))?;
+                set.insert((p, export));
+            }
+            driver.node.set_policy(Some(set));
+            Ok::<_, RuntimeError>(())
+        })?
     }
 
     /// This node's address on its link.

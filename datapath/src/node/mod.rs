@@ -478,6 +478,13 @@ impl Node {
         Ok(PeerId(self.peers.len() - 1))
     }
 
+    /// The export of `service` labelled `label`.
+    pub fn export_id(&self, service: Service, label: &str) -> Option<ExportId> {
+        self.export_labels
+            .get(&(u8::from(service), label.to_owned()))
+            .copied()
+    }
+
     /// Sets which peer may open which export (`None`: everyone may open
     /// everything). Sessions the new policy no longer allows are closed at
     /// once with SESSION_CLOSE "revoked" (the client's pending calls fail
