@@ -11,13 +11,14 @@
 //!
 //! * `xrelay run CONFIG`: the daemon (SIGHUP reloads keys and policy).
 //!
-//! The operator CLI (`reload`, `stats`, ...) arrives with the rest of the
-//! control plane.
+//! * `xrelay stats [--json]`, `xrelay reload`: the operator CLI over the
+//!   daemon's control socket. ROM, signal and RPC commands come next.
 #![forbid(unsafe_code)]
 
 mod config;
 mod decode;
 mod demo;
+mod operator;
 mod run;
 
 use std::process::ExitCode;
@@ -42,6 +43,10 @@ enum Command {
     Check(config::CheckArgs),
     /// Run a node from a configuration until SIGINT or SIGTERM (SIGHUP reloads).
     Run(run::RunArgs),
+    /// Print a running daemon's counters (`--json` for the raw object).
+    Stats(operator::ClientArgs),
+    /// Make a running daemon re-read its configuration.
+    Reload(operator::ClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +56,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => decode::run(&args),
         Command::Check(args) => config::check(&args),
         Command::Run(args) => run::run(&args),
+        Command::Stats(args) => operator::stats(&args),
+        Command::Reload(args) => operator::reload(&args),
     }
 }

@@ -6,12 +6,15 @@
 //! allows are revoked, the others go on); an invalid one is reported and
 //! the old one keeps running.
 //!
-//! Still to come (issue 5): the operator CLI over the control socket and
-//! changes of peers, exports and transport on reload.
+//! With `node.control_socket` set, the daemon answers `xrelay stats` and
+//! `xrelay reload` there ([`crate::operator`]). Still to come (issue 5):
+//! the ROM, signal and RPC commands, and changes of peers, exports and
+//! transport on reload.
 
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
 use xrelay_datapath::auth::FrameKeys;
@@ -25,6 +28,7 @@ use xrelay_datapath::wire::ethernet::EthernetAddress;
 use xrelay_datapath::wire::session::Service;
 
 use crate::config::{self, Config, EncapChoice, ModeChoice, ServiceChoice, TransportChoice};
+use crate::operator::ControlSocket;
 
 /// Options of `xrelay run`.
 #[derive(Debug, clap::Args)]
@@ -229,6 +233,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let runtime = Arc::new(runtime);
     let exports = || -> Result<(), RuntimeError> {
         for item in &config.export.rpc {
             // `xrelay check` admits only interfaces this binary serves.
@@ -259,6 +264,22 @@ pub fn run(args: &RunArgs) -> ExitCode {
         eprintln!("xrelay: {error}");
         return ExitCode::FAILURE;
     }
+    // `xrelay reload` over the control socket does what SIGHUP does.
+    let control = match &config.node.control_socket {
+        Some(path) => {
+            let reload = || {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGHUP);
+            };
+            match ControlSocket::start(Path::new(path), Arc::clone(&runtime), reload) {
+                Ok(socket) => Some(socket),
+                Err(error) => {
+                    eprintln!("xrelay: control socket {path}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
     eprintln!(
         "xrelay: node {:?} running on {transport} at {} ({} peers, {} exports)",
         config.node.name.get_ref(),
@@ -295,6 +316,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
             }
         }
     }
+    drop(control);
+    let Ok(runtime) = Arc::try_unwrap(runtime) else {
+        eprintln!("xrelay: stopping: the datapath is still in use");
+        return ExitCode::FAILURE;
+    };
     match runtime.shutdown() {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {

@@ -20,7 +20,12 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("xrelay-run-{}/{name}.sock", std::process::id()))
+}
+
 fn config(name: &str, port: u16, peer: &str, peer_port: u16) -> String {
+    let socket = socket_path(name).display().to_string();
     format!(
         r#"
 [node]
@@ -28,6 +33,7 @@ name = "{name}"
 address = "127.0.0.1"
 transport = "udp"
 port = {port}
+control_socket = "{socket}"
 
 [[peer]]
 name = "{peer}"
@@ -105,6 +111,21 @@ impl Daemon {
         panic!("no line with {text:?} within 10 s; saw {seen:#?}");
     }
 
+    /// Like [`Daemon::expect`], but only lines that have not been seen.
+    fn expect_again(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(text);
+                self.seen.borrow_mut().push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!("no new line with {text:?} within 10 s");
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args(["-s", signal, &self.child.id().to_string()])
@@ -134,6 +155,32 @@ fn two_daemons_find_each_other_reload_safely_and_stop_cleanly() {
     a.expect("peer b: Up");
     b.expect("peer a: Up");
 
+    // The operator CLI over the owner-only control socket.
+    let socket = socket_path("a");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let output = Command::new(env!("CARGO_BIN_EXE_xrelay"))
+        .args(["stats", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(stats["frames"]["received"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["drops"]["auth_failed"], 0, "{stats}");
+    let output = Command::new(env!("CARGO_BIN_EXE_xrelay"))
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    a.expect("keys and policy applied");
+
     // A broken file on SIGHUP is refused; the node keeps running.
     std::fs::write(&path_a, "[node]\nname = 1\n").unwrap();
     a.signal("HUP");
@@ -141,7 +188,7 @@ fn two_daemons_find_each_other_reload_safely_and_stop_cleanly() {
     // A valid one is applied.
     std::fs::write(&path_a, config("a", pa, "b", pb)).unwrap();
     a.signal("HUP");
-    a.expect("keys and policy applied");
+    a.expect_again("keys and policy applied");
 
     for mut daemon in [a, b] {
         daemon.signal("TERM");
