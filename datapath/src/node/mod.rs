@@ -61,9 +61,9 @@ const MAX_OPEN_BACKOFF: Duration = Duration::from_millis(250);
 const CLOSE_RETRY: Duration = Duration::from_millis(50);
 /// ... at most this many times.
 const CLOSE_TRIES: u32 = 8;
-/// For this long after a session opens here, the client's "unknown
-/// session" may only mean our SESSION_REPLY has not reached it yet.
-const UNCONFIRMED_GRACE: Duration = Duration::from_secs(2);
+/// A session opened here that its client has not used for this long is
+/// forgotten: the client gave up the open before a reply reached it.
+const UNCONFIRMED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A SESSION_CLOSE of ours waiting for confirmation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -335,6 +335,8 @@ struct Peer {
     /// Round robin over sessions: the next served channel and client
     /// session to ask for output first.
     served_turn: u32,
+    /// The next sweep for unconfirmed served sessions.
+    next_sweep: Instant,
     client_turn: SessionId,
     served_first: bool,
 }
@@ -347,6 +349,34 @@ impl Peer {
             if !self.served.contains_key(&channel) {
                 return channel;
             }
+        }
+    }
+
+    /// Forgets served session `channel` and what it held.
+    fn remove_served(&mut self, channel: u32) {
+        if let Some(served) = self.served.remove(&channel) {
+            self.served_opens.remove(&served.open_id);
+            if let ServedEngine::Rpc(server) = &served.engine {
+                self.assembling -= server.assembling_bytes();
+            }
+        }
+    }
+
+    /// Forgets served sessions the client never used within
+    /// [`UNCONFIRMED_TIMEOUT`] (it gave up the open before any reply
+    /// reached it); a repeated open of theirs simply gets a new session.
+    fn expire_unconfirmed(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + UNCONFIRMED_TIMEOUT / 4;
+        while let Some(channel) = self
+            .served
+            .iter()
+            .find(|(_, s)| !s.confirmed && now >= s.created + UNCONFIRMED_TIMEOUT)
+            .map(|(&channel, _)| channel)
+        {
+            self.remove_served(channel);
         }
     }
 
@@ -472,6 +502,7 @@ impl Node {
             closing: BTreeMap::new(),
             assembling: 0,
             served_turn: 0,
+            next_sweep: Instant::ZERO,
             client_turn: SessionId(0),
             served_first: false,
         });
@@ -503,12 +534,7 @@ impl Node {
                 .map(|(&channel, _)| channel)
                 .collect();
             for channel in revoked {
-                if let Some(served) = peer.served.remove(&channel) {
-                    peer.served_opens.remove(&served.open_id);
-                    if let ServedEngine::Rpc(server) = &served.engine {
-                        peer.assembling -= server.assembling_bytes();
-                    }
-                }
+                peer.remove_served(channel);
                 self.stats.revoked += 1;
                 peer.queue_control(
                     &mut self.stats,
@@ -1170,25 +1196,7 @@ impl Node {
             // The peer as client closes a session it opened here.
             Origin::Client => {
                 let peer = &mut self.peers[p];
-                // "Unknown session" before the client ever used the
-                // channel means our reply has not reached it yet (frames
-                // overtook it), not that it lost the session.
-                // A client that never learnt the channel at all says so
-                // for good after a while.
-                let premature = close.reason == CloseReason::Unknown
-                    && peer
-                        .served
-                        .get(&channel)
-                        .is_some_and(|s| !s.confirmed && now < s.created + UNCONFIRMED_GRACE);
-                if premature {
-                    return;
-                }
-                if let Some(served) = peer.served.remove(&channel) {
-                    peer.served_opens.remove(&served.open_id);
-                    if let ServedEngine::Rpc(server) = &served.engine {
-                        peer.assembling -= server.assembling_bytes();
-                    }
-                }
+                peer.remove_served(channel);
                 if close.reason == CloseReason::Normal {
                     // Confirm, so the client stops repeating its close.
                     let limit = self.config.max_control_queue;
@@ -1331,13 +1339,7 @@ impl Node {
 
     fn handle_client(&mut self, now: Instant, p: usize, channel: u32, message: &Message<'_>) {
         let Some(&id) = self.peers[p].open.get(&channel) else {
-            if self.peers[p].opening.is_empty() {
-                self.unknown_session(p, channel, Origin::Client);
-            } else {
-                // It may be the channel of a session we are opening whose
-                // SESSION_REPLY this frame overtook: drop it silently.
-                self.stats.unknown_session += 1;
-            }
+            self.unknown_session(p, channel, Origin::Client);
             return;
         };
         let Some(client) = self.peers[p].clients.get_mut(&id) else {
@@ -1397,6 +1399,7 @@ impl Node {
     fn transmit_peer(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
         self.peer_events(now, p);
         let peer = &mut self.peers[p];
+        peer.expire_unconfirmed(now);
         if let Some(heartbeat) = peer.liveness.poll_transmit(now) {
             return emit(
                 &mut peer.sequence,
@@ -1548,6 +1551,12 @@ impl Node {
             (Bound::Unbounded, Bound::Excluded(turn)),
         ] {
             for (&channel, session) in served.range_mut(range) {
+                // Nothing goes out on a session before the client has used
+                // it: only then does it surely know the channel (our
+                // SESSION_REPLY may still be on its way, or be overtaken).
+                if !session.confirmed {
+                    continue;
+                }
                 if let ServedEngine::Rpc(server) = &mut session.engine {
                     // Frees calls whose fragments stopped coming.
                     let before = server.assembling_bytes();
@@ -1574,7 +1583,8 @@ impl Node {
             if !peer.control.is_empty() {
                 next = Instant::ZERO;
             }
-            for served in peer.served.values() {
+            // Unconfirmed sessions send nothing (see `transmit_served`).
+            for served in peer.served.values().filter(|s| s.confirmed) {
                 if let Some(at) = served.poll_timeout() {
                     next = next.min(at);
                 }
