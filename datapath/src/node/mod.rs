@@ -309,9 +309,8 @@ struct Peer {
     name: String,
     endpoint: Endpoint,
     liveness: PeerLiveness,
-    sequence: u64,
-    /// Frame keys of the pair; `None`: frames are not authenticated.
-    keys: Option<FrameKeys>,
+    /// Sequence numbers and keys of what this node sends the peer.
+    out: Outbound,
     /// Sequences seen from the peer (authenticated peers only).
     replay: ReplayWindow,
     /// Sessions the peer opened here, by the channel this node assigned.
@@ -489,8 +488,10 @@ impl Node {
             name: name.to_owned(),
             endpoint,
             liveness: PeerLiveness::new(self.config.liveness, self.config.incarnation, now),
-            sequence: self.config.initial_sequence,
-            keys: None,
+            out: Outbound {
+                sequence: self.config.initial_sequence,
+                keys: None,
+            },
             replay: ReplayWindow::default(),
             served: BTreeMap::new(),
             served_opens: BTreeMap::new(),
@@ -561,7 +562,7 @@ impl Node {
             .peers
             .get_mut(peer.0)
             .ok_or(NodeError::Unknown("peer"))?;
-        peer.keys = keys;
+        peer.out.keys = keys;
         peer.replay = ReplayWindow::default();
         Ok(())
     }
@@ -893,7 +894,7 @@ impl Node {
             }
         };
         let peer = &mut self.peers[p];
-        match &peer.keys {
+        match &peer.out.keys {
             // The tag first, then the replay window (docs/wire.md 11).
             Some(keys) => {
                 if frame.flags != Flags::AUTH {
@@ -1401,13 +1402,7 @@ impl Node {
         let peer = &mut self.peers[p];
         peer.expire_unconfirmed(now);
         if let Some(heartbeat) = peer.liveness.poll_transmit(now) {
-            return emit(
-                &mut peer.sequence,
-                peer.keys.as_ref(),
-                0,
-                Message::Heartbeat(heartbeat),
-                buf,
-            );
+            return peer.out.emit(0, Message::Heartbeat(heartbeat), buf);
         }
         if let Some((channel, control)) = peer.control.pop_front() {
             let message = match control {
@@ -1418,13 +1413,7 @@ impl Node {
                     Message::SessionClose(SessionClose { reason, origin })
                 }
             };
-            return emit(
-                &mut peer.sequence,
-                peer.keys.as_ref(),
-                channel,
-                message,
-                buf,
-            );
+            return peer.out.emit(channel, message, buf);
         }
         if peer.liveness.state() != PeerState::Down {
             let due = peer.closing.iter_mut().find(|(_, c)| c.next <= now);
@@ -1438,13 +1427,7 @@ impl Node {
                     reason: CloseReason::Normal,
                     origin: Origin::Client,
                 });
-                return emit(
-                    &mut peer.sequence,
-                    peer.keys.as_ref(),
-                    channel,
-                    message,
-                    buf,
-                );
+                return peer.out.emit(channel, message, buf);
             }
         }
         // Client and served sessions take turns going first, so a long
@@ -1466,8 +1449,7 @@ impl Node {
     fn transmit_clients(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
         let Peer {
             liveness,
-            sequence,
-            keys,
+            out,
             clients,
             client_turn,
             ..
@@ -1500,15 +1482,15 @@ impl Node {
                             service: client.service,
                             label: &client.label,
                         });
-                        emit(sequence, keys.as_ref(), 0, message, buf)
+                        out.emit(0, message, buf)
                     }
                     Phase::Open { channel } => {
                         let channel = *channel;
                         let len = match client.poll_transmit(now) {
-                            Some(message) => emit(sequence, keys.as_ref(), channel, message, buf),
-                            None => client.probe(now, probe_after).and_then(|message| {
-                                emit(sequence, keys.as_ref(), channel, message, buf)
-                            }),
+                            Some(message) => out.emit(channel, message, buf),
+                            None => client
+                                .probe(now, probe_after)
+                                .and_then(|message| out.emit(channel, message, buf)),
                         };
                         // Timers may have ended calls (deadlines).
                         if let ClientEngine::Rpc(rpc) = &mut client.engine {
@@ -1535,8 +1517,7 @@ impl Node {
 
     fn transmit_served(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
         let Peer {
-            sequence,
-            keys,
+            out,
             served,
             served_turn,
             assembling,
@@ -1564,7 +1545,7 @@ impl Node {
                     *assembling -= before - server.assembling_bytes();
                 }
                 if let Some(message) = session.poll_transmit(now) {
-                    let len = emit(sequence, keys.as_ref(), channel, message, buf);
+                    let len = out.emit(channel, message, buf);
                     *served_turn = channel.wrapping_add(1);
                     return len;
                 }
@@ -1622,37 +1603,41 @@ fn same_address(a: &Endpoint, b: &Endpoint) -> bool {
     }
 }
 
-/// Emits one frame into the front of `buf`; `None` (and nothing sent) if
-/// it does not fit, which the sizes derived in [`Node::new`] rule out.
-fn emit(
-    sequence: &mut u64,
-    keys: Option<&FrameKeys>,
-    channel: u32,
-    message: Message<'_>,
-    buf: &mut [u8],
-) -> Option<usize> {
-    let frame = Frame {
-        flags: if keys.is_some() {
-            Flags::AUTH
-        } else {
-            Flags::NONE
-        },
-        channel,
-        sequence: *sequence,
-        message,
-    };
-    let len = frame.buffer_len();
-    if len > buf.len() {
-        return None;
+/// What a node sends one peer: the next sequence number and the keys.
+struct Outbound {
+    sequence: u64,
+    /// Frame keys of the pair; `None`: frames are not authenticated.
+    keys: Option<FrameKeys>,
+}
+
+impl Outbound {
+    /// Emits one frame into the front of `buf` (sealed when the peer has
+    /// keys); `None` (and nothing sent) if it does not fit, which the
+    /// sizes derived in [`Node::new`] rule out.
+    fn emit(&mut self, channel: u32, message: Message<'_>, buf: &mut [u8]) -> Option<usize> {
+        let frame = Frame {
+            flags: if self.keys.is_some() {
+                Flags::AUTH
+            } else {
+                Flags::NONE
+            },
+            channel,
+            sequence: self.sequence,
+            message,
+        };
+        let len = frame.buffer_len();
+        if len > buf.len() {
+            return None;
+        }
+        frame.emit(&mut buf[..len]);
+        if let Some(keys) = &self.keys {
+            // The trailer was reserved by `Frame::emit`; a failure here is
+            // a frame too short to seal, which `buffer_len` rules out.
+            keys.seal(&mut buf[..len], self.sequence).ok()?;
+        }
+        self.sequence = self.sequence.wrapping_add(1);
+        Some(len)
     }
-    frame.emit(&mut buf[..len]);
-    if let Some(keys) = keys {
-        // The trailer was reserved by `Frame::emit`; a failure here is a
-        // frame too short to seal, which `buffer_len` rules out.
-        keys.seal(&mut buf[..len], *sequence).ok()?;
-    }
-    *sequence = sequence.wrapping_add(1);
-    Some(len)
 }
 
 fn fail_calls(

@@ -83,14 +83,19 @@ pub enum BindMode {
 pub struct Slot(FrameDesc);
 
 impl Slot {
+    /// The descriptors of `slots`, for the rings.
+    fn descs(slots: &[Slot]) -> &[FrameDesc] {
+        // SAFETY: `Slot` is `repr(transparent)` over `FrameDesc`, so a
+        // slice of slots is a slice of descriptors with the same layout
+        // and length, borrowed for as long as the slots are.
+        unsafe { core::slice::from_raw_parts(slots.as_ptr().cast::<FrameDesc>(), slots.len()) }
+    }
+
     /// Gives a batch of slots to the kernel's TX ring: all or none. On
     /// success the tokens are gone (the completion ring returns the frames
     /// as new tokens); on failure they come back.
     fn into_kernel(slots: &mut Vec<Slot>, tx: &mut TxQueue) -> usize {
-        // SAFETY: `Slot` is `repr(transparent)` over `FrameDesc`, so a
-        // slice of slots is a slice of descriptors with the same layout.
-        let descs: &[FrameDesc] =
-            unsafe { core::slice::from_raw_parts(slots.as_ptr().cast::<FrameDesc>(), slots.len()) };
+        let descs = Slot::descs(slots);
         // SAFETY: every descriptor is one of this UMEM's frames, owned by
         // its token (so by nobody else, kernel included); once produced
         // the tokens are dropped below and the frames are the kernel's.
@@ -493,10 +498,7 @@ impl XdpTransport {
             return;
         }
         let start = waiting - count;
-        // SAFETY: `Slot` is `repr(transparent)` over `FrameDesc`.
-        let descs: &[FrameDesc] = unsafe {
-            core::slice::from_raw_parts(self.refill[start..].as_ptr().cast::<FrameDesc>(), count)
-        };
+        let descs = Slot::descs(&self.refill[start..]);
         // SAFETY: these frames are ours (read and done with); the fill ring
         // has room for all of them, so they all go, and their tokens are
         // dropped below.
