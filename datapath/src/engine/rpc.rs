@@ -564,11 +564,11 @@ impl RpcServer {
         let id = call.request_id;
         // A call still held (assembling, executing, replied) is looked up
         // first: "executed" only matters for ids no longer held.
-        if !self.calls.contains_key(&id) && self.already_executed(id) {
-            return;
-        }
         match self.calls.get_mut(&id) {
             None => {
+                if self.already_executed(id) {
+                    return;
+                }
                 let len = call.fragment.total_len as usize;
                 if self.assembling_bytes + len > self.config.max_reassembly_bytes {
                     self.dropped += 1;
