@@ -91,7 +91,7 @@ pub enum ServiceChoice {
 }
 
 /// One datapath queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
     /// The NIC queue.
@@ -101,7 +101,7 @@ pub struct QueueSection {
 }
 
 /// `[node]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// This node's name.
@@ -131,10 +131,13 @@ pub struct NodeSection {
     pub queues: Vec<Spanned<QueueSection>>,
     /// The operator's control socket.
     pub control_socket: Option<String>,
+    /// Prometheus text exposition at `http://ADDRESS/metrics`, on a
+    /// loopback address only.
+    pub metrics: Option<Spanned<String>>,
 }
 
 /// `[[peer]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
     /// The peer's name.
@@ -162,7 +165,7 @@ fn yes() -> Spanned<bool> {
 }
 
 /// One exported service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportItem {
     /// The label peers open it by.
@@ -412,6 +415,30 @@ impl Checker<'_> {
                     format!("{socket:?} is not an absolute path"),
                 );
             }
+        }
+        if let Some(metrics) = &node.metrics {
+            match metrics.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(address) if address.ip().is_loopback() => {}
+                Ok(address) => self.error(
+                    metrics,
+                    "node.metrics",
+                    format!(
+                        "{address} is not a loopback address (metrics are served on loopback only)"
+                    ),
+                ),
+                Err(_) => self.error(
+                    metrics,
+                    "node.metrics",
+                    format!("{:?} is not an address:port", metrics.get_ref()),
+                ),
+            }
+        }
+        if let Some(second) = node.queues.get(1) {
+            self.error(
+                second,
+                "node.queues[1]",
+                "one datapath queue per node for now: list a single queue (docs/config.md)",
+            );
         }
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let mut queues = BTreeSet::new();

@@ -1,25 +1,25 @@
 //! The `xrelay` binary.
 //!
-//! * `xrelay demo`: two relay nodes in one process, on the `mem` or `udp`
-//!   transport, exercising RPC, signals and ROM through the application
-//!   API; `--json` prints the figures as one JSON object.
-//! * `xrelay decode HEX`: prints a relay frame or an Ethernet frame
-//!   carrying one, field by field.
-//!
+//! * `xrelay demo`: two relay nodes in one process exercising RPC,
+//!   signals and ROM through the application API (`--json` for figures).
+//! * `xrelay decode HEX`: prints a relay frame field by field.
 //! * `xrelay check CONFIG`: validates a node configuration
-//!   (docs/config.md); every error names the file, line and field.
-//!
-//! * `xrelay run CONFIG`: the daemon (SIGHUP reloads keys and policy).
-//!
-//! * `xrelay stats [--json]`, `xrelay reload`: the operator CLI over the
-//!   daemon's control socket. ROM, signal and RPC commands come next.
+//!   (docs/config.md); every error names the file, the line and the field.
+//! * `xrelay run CONFIG`: the daemon (SIGHUP reloads).
+//! * The operator CLI, over the daemon's control socket: `xrelay stats`,
+//!   `xrelay reload`, `xrelay rom publish|get|watch`,
+//!   `xrelay signal send|wait` and `xrelay rpc call`.
 #![forbid(unsafe_code)]
 
 mod config;
+mod daemon;
 mod decode;
 mod demo;
+mod metrics;
 mod operator;
+mod routes;
 mod run;
+mod socket;
 
 use std::process::ExitCode;
 
@@ -43,10 +43,31 @@ enum Command {
     Check(config::CheckArgs),
     /// Run a node from a configuration until SIGINT or SIGTERM (SIGHUP reloads).
     Run(run::RunArgs),
-    /// Print a running daemon's counters (`--json` for the raw object).
-    Stats(operator::ClientArgs),
+    /// Print a running daemon's counters and latency percentiles.
+    Stats(operator::Connection),
     /// Make a running daemon re-read its configuration.
-    Reload(operator::ClientArgs),
+    Reload(operator::Connection),
+    /// Publish, read or watch ROM modules through a running daemon.
+    Rom {
+        #[command(flatten)]
+        connection: operator::Connection,
+        #[command(subcommand)]
+        command: operator::RomCommand,
+    },
+    /// Send or wait for signals through a running daemon.
+    Signal {
+        #[command(flatten)]
+        connection: operator::Connection,
+        #[command(subcommand)]
+        command: operator::SignalCommand,
+    },
+    /// Call the example RPC interface through a running daemon.
+    Rpc {
+        #[command(flatten)]
+        connection: operator::Connection,
+        #[command(subcommand)]
+        command: operator::RpcCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,7 +77,19 @@ fn main() -> ExitCode {
         Command::Decode(args) => decode::run(&args),
         Command::Check(args) => config::check(&args),
         Command::Run(args) => run::run(&args),
-        Command::Stats(args) => operator::stats(&args),
-        Command::Reload(args) => operator::reload(&args),
+        Command::Stats(connection) => operator::stats(&connection),
+        Command::Reload(connection) => operator::reload(&connection),
+        Command::Rom {
+            connection,
+            command,
+        } => operator::rom(&connection, &command),
+        Command::Signal {
+            connection,
+            command,
+        } => operator::signal(&connection, &command),
+        Command::Rpc {
+            connection,
+            command,
+        } => operator::rpc(&connection, &command),
     }
 }

@@ -3,26 +3,15 @@
 //! broken file keeps the old configuration running; SIGTERM stops cleanly;
 //! a broken configuration starts nothing and exits 2.
 
-use std::io::{BufRead, BufReader};
+#[expect(dead_code, reason = "the other daemon tests use the rest")]
+mod support;
+
 use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use support::{free_port, socket_path, write, Daemon};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn socket_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("xrelay-run-{}/{name}.sock", std::process::id()))
-}
 
 fn config(name: &str, port: u16, peer: &str, peer_port: u16) -> String {
     let socket = socket_path(name).display().to_string();
@@ -50,96 +39,6 @@ peer = "{peer}"
 rpc = ["kv"]
 "#
     )
-}
-
-fn write(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xrelay-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A daemon and its stderr, line by line.
-struct Daemon {
-    child: Child,
-    lines: Receiver<String>,
-    seen: std::cell::RefCell<Vec<String>>,
-}
-
-impl Daemon {
-    fn start(config: &PathBuf) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xrelay"))
-            .arg("run")
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            seen: std::cell::RefCell::default(),
-        }
-    }
-
-    /// Waits for a line containing `text` (or finds it among the lines
-    /// seen so far).
-    fn expect(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = self.seen.borrow_mut();
-        if seen.iter().any(|line| line.contains(text)) {
-            return;
-        }
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                let found = line.contains(text);
-                seen.push(line);
-                if found {
-                    return;
-                }
-            }
-        }
-        panic!("no line with {text:?} within 10 s; saw {seen:#?}");
-    }
-
-    /// Like [`Daemon::expect`], but only lines that have not been seen.
-    fn expect_again(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                let found = line.contains(text);
-                self.seen.borrow_mut().push(line);
-                if found {
-                    return;
-                }
-            }
-        }
-        panic!("no new line with {text:?} within 10 s");
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -179,7 +78,7 @@ fn two_daemons_find_each_other_reload_safely_and_stop_cleanly() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    a.expect("keys and policy applied");
+    a.expect("keys, policy and routes applied");
 
     // A broken file on SIGHUP is refused; the node keeps running.
     std::fs::write(&path_a, "[node]\nname = 1\n").unwrap();
@@ -188,14 +87,10 @@ fn two_daemons_find_each_other_reload_safely_and_stop_cleanly() {
     // A valid one is applied.
     std::fs::write(&path_a, config("a", pa, "b", pb)).unwrap();
     a.signal("HUP");
-    a.expect_again("keys and policy applied");
+    a.expect_again("keys, policy and routes applied");
 
-    for mut daemon in [a, b] {
-        daemon.signal("TERM");
-        daemon.expect("SIGTERM: stopping");
-        let status = daemon.child.wait().unwrap();
-        assert!(status.success(), "{status}");
-    }
+    a.stop();
+    b.stop();
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! Test hosts in network namespaces: two namespaces joined by a veth pair,
-//! for the demo, the tests and the benchmarks of the AF_XDP transport.
+//! Test hosts in network namespaces: two namespaces joined by a veth pair
+//! ([`VethPair`]), or any number on one bridged segment ([`Lan`]), for the
+//! demo, the tests and the benchmarks of the AF_XDP transport.
 //!
-//! Names are unique per process and pair (`xr<pid>n<k>a`, `xr<pid>n<k>b`),
+//! Names are unique per process and topology (`xr<pid>n<k>a`, `xr<pid>n<k>b`),
 //! so tests can run in parallel; addresses come from 198.18.0.0/15 (the
 //! range reserved for benchmarking) and live only inside the namespaces
 //! created here. Everything is removed when the [`VethPair`] is dropped,
@@ -197,6 +198,94 @@ impl VethPair {
             ])?;
         }
         Ok(VethPair { a, b })
+    }
+}
+
+/// Hosts on one Ethernet segment: each host namespace has one veth whose
+/// other end is a port of a bridge in a namespace of its own (the
+/// switch). Host `n` (from 1) is at 198.18.0.`n` with Ethernet address
+/// 02:78:72:00:00:`n`; every host knows every other's address without ARP,
+/// and TX checksum offload is off on the host ends. Names are
+/// `xr<pid>l<k>h<n>` (host namespace and its interface), `xr<pid>l<k>p<n>`
+/// (its switch port) and `xr<pid>l<k>s` (the switch namespace). Dropping
+/// the LAN removes everything.
+#[derive(Debug)]
+pub struct Lan {
+    /// The hosts, host `n` at index `n - 1`.
+    pub hosts: Vec<Host>,
+    /// The switch ports, in the order of the hosts (in `switch`).
+    pub ports: Vec<String>,
+    /// The namespace holding the bridge and its ports. Declared last:
+    /// removed after the hosts.
+    pub switch: Namespace,
+}
+
+impl Lan {
+    /// Builds a segment of `hosts` hosts (1 to 250).
+    pub fn new(hosts: u8) -> Result<Lan, NetnsError> {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let switch = Namespace::create(&format!("xr{pid}l{k}s"))?;
+        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        switch.exec(&["ip", "link", "set", "br0", "up"])?;
+        let mut lan = Lan {
+            hosts: Vec::new(),
+            ports: Vec::new(),
+            switch,
+        };
+        for n in 1..=hosts.clamp(1, 250) {
+            let name = format!("xr{pid}l{k}h{n}");
+            let port = format!("xr{pid}l{k}p{n}");
+            let ns = Namespace::create(&name)?;
+            run(&[
+                "ip",
+                "link",
+                "add",
+                &name,
+                "netns",
+                ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                lan.switch.name(),
+            ])?;
+            lan.switch
+                .exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+            let ip = Ipv4Addr::new(198, 18, 0, n);
+            let mac = EthernetAddress([0x02, 0x78, 0x72, 0, 0, n]);
+            ns.exec(&["ip", "link", "set", &name, "address", &format_mac(mac)])?;
+            ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &name])?;
+            ns.exec(&["ip", "link", "set", &name, "up"])?;
+            ns.exec(&["ethtool", "-K", &name, "tx", "off"])?;
+            lan.hosts.push(Host {
+                ns,
+                interface: name,
+                endpoint: Endpoint { mac, ip, port: 0 },
+            });
+            lan.ports.push(port);
+        }
+        for from in &lan.hosts {
+            for to in lan
+                .hosts
+                .iter()
+                .filter(|h| h.endpoint.ip != from.endpoint.ip)
+            {
+                from.ns.exec(&[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    &to.endpoint.ip.to_string(),
+                    "lladdr",
+                    &format_mac(to.endpoint.mac),
+                    "dev",
+                    &from.interface,
+                ])?;
+            }
+        }
+        Ok(lan)
     }
 }
 

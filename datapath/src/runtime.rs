@@ -30,14 +30,16 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::auth::FrameKeys;
 use crate::engine::peer::PeerState;
 use crate::engine::rom::RomVersion;
 use crate::marshal::{CallError, Caller, Dispatch};
 use crate::node::{
-    CloseCause, ExportId, Node, NodeConfig, NodeError, NodeEvent, NodeStats, SessionId,
+    CloseCause, ExportId, Node, NodeConfig, NodeError, NodeEvent, NodeStats, PeerId, PeerReport,
+    SessionId,
 };
 use crate::time::{Instant, MonotonicClock};
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Transport, TransportCounters, TransportError};
 use crate::wire::encap::Endpoint;
 use crate::wire::session::Service;
 
@@ -78,6 +80,29 @@ impl RuntimeConfig {
             log_peers: false,
         }
     }
+}
+
+/// What [`Runtime::report`] returns.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Node-wide counters.
+    pub node: NodeStats,
+    /// The transport's counters (its one queue).
+    pub transport: TransportCounters,
+    /// Each peer's counters and latency.
+    pub peers: Vec<PeerReport>,
+}
+
+/// A change of configuration applied by [`Runtime::reconfigure`] at once.
+#[derive(Debug, Default)]
+pub struct Reconfiguration {
+    /// Peers to add, by name and address.
+    pub add_peers: Vec<(String, Endpoint)>,
+    /// Frame keys by peer name (`None`: no authentication).
+    pub keys: Vec<(String, Option<FrameKeys>)>,
+    /// The new policy as `(peer, service, label)` triples, or `None` to
+    /// keep the current one.
+    pub policy: Option<Vec<(String, Service, String)>>,
 }
 
 /// Why a runtime operation failed.
@@ -149,6 +174,9 @@ struct RomShared {
 struct RomState {
     current: Option<Arc<RomVersion>>,
     stopped: bool,
+    /// The publisher's side closed the session for good (revoked by its
+    /// policy, export gone).
+    closed: Option<CloseCause>,
 }
 
 /// Signals submitted by the application and not yet handed to the node:
@@ -169,6 +197,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The datapath thread's state besides the node: who waits for what.
 struct Driver {
     node: Node,
+    /// The transport's counters as of the last batch of commands.
+    transport: TransportCounters,
     log_peers: bool,
     calls: HashMap<(SessionId, u64), Sender<CallResult>>,
     opens: HashMap<SessionId, Sender<Result<(), CloseCause>>>,
@@ -191,6 +221,10 @@ impl Driver {
                     }
                 }
                 NodeEvent::Closed { session, reason } => {
+                    if let Some(shared) = self.roms.get(&session) {
+                        lock(&shared.state).closed = Some(reason);
+                        shared.changed.notify_all();
+                    }
                     if let Some(waiter) = self.opens.remove(&session) {
                         let _ = waiter.send(Err(reason));
                     }
@@ -375,10 +409,12 @@ impl Runtime {
                     for (peer, endpoint) in &config.peers {
                         node.add_peer(now, peer, *endpoint)?;
                     }
+                    let counters = transport.counters();
                     Ok((
                         transport,
                         Driver {
                             node,
+                            transport: counters,
                             log_peers: config.log_peers,
                             calls: HashMap::new(),
                             opens: HashMap::new(),
@@ -509,11 +545,7 @@ impl Runtime {
 
     /// Authenticates every frame to and from peer `name` with `keys`
     /// (`None`: no authentication for that peer).
-    pub fn set_peer_keys(
-        &self,
-        name: &str,
-        keys: Option<crate::auth::FrameKeys>,
-    ) -> Result<(), RuntimeError> {
+    pub fn set_peer_keys(&self, name: &str, keys: Option<FrameKeys>) -> Result<(), RuntimeError> {
         let name = name.to_owned();
         self.inner.request(move |driver, _| {
             let peer = driver
@@ -588,6 +620,63 @@ impl Runtime {
         self.inner.request(|driver, _| driver.node.stats())
     }
 
+    /// Everything the operator sees: the node's counters, the transport's
+    /// and each peer's (with latency percentiles).
+    pub fn report(&self) -> Result<Report, RuntimeError> {
+        self.inner.request(|driver, _| Report {
+            node: driver.node.stats(),
+            transport: driver.transport,
+            peers: driver
+                .node
+                .peer_ids()
+                .filter_map(|p| driver.node.peer_report(p))
+                .collect(),
+        })
+    }
+
+    /// Applies `change` as one step between two batches of the datapath:
+    /// no frame is handled under half of it. Everything is checked
+    /// first; on an error nothing changes.
+    pub fn reconfigure(&self, change: Reconfiguration) -> Result<(), RuntimeError> {
+        self.inner.request(move |driver, now| {
+            let node = &mut driver.node;
+            let known = |name: &str| {
+                node.peer(name).is_some() || change.add_peers.iter().any(|(n, _)| n == name)
+            };
+            if let Some((name, _)) = change.keys.iter().find(|(name, _)| !known(name)) {
+                return Err(RuntimeError::UnknownPeer(name.clone()));
+            }
+            if let Some(allowed) = &change.policy {
+                for (peer, service, label) in allowed {
+                    if !known(peer) {
+                        return Err(RuntimeError::UnknownPeer(peer.clone()));
+                    }
+                    if node.export_id(*service, label).is_none() {
+                        return Err(RuntimeError::Node(NodeError::Unknown("export")));
+                    }
+                }
+            }
+            for (name, endpoint) in &change.add_peers {
+                node.add_peer(now, name, *endpoint)?;
+            }
+            for (name, keys) in change.keys {
+                if let Some(peer) = node.peer(&name) {
+                    node.set_peer_keys(peer, keys)?;
+                }
+            }
+            if let Some(allowed) = change.policy {
+                let set: std::collections::BTreeSet<(PeerId, ExportId)> = allowed
+                    .iter()
+                    .filter_map(|(peer, service, label)| {
+                        Some((node.peer(peer)?, node.export_id(*service, label)?))
+                    })
+                    .collect();
+                node.set_policy(Some(set));
+            }
+            Ok(())
+        })?
+    }
+
     /// Stops the datapath thread; returns its final counters.
     pub fn shutdown(mut self) -> Result<NodeStats, RuntimeError> {
         self.stop()
@@ -631,6 +720,9 @@ fn run<T: Transport>(
         // A bounded number per iteration: the link is served even while
         // the application floods commands.
         for command in inbox.try_iter().take(MAX_COMMANDS_PER_ITERATION) {
+            if !busy {
+                driver.transport = transport.counters();
+            }
             command(&mut driver, now);
             busy = true;
         }
@@ -762,6 +854,30 @@ impl SignalTransmitter {
     }
 }
 
+impl SignalTransmitter {
+    /// Waits until the peer has acknowledged every signal submitted so
+    /// far; `false` if that did not happen within `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<bool, RuntimeError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let backlog = Arc::clone(&self.backlog);
+            let session = self.session;
+            let done = self.inner.request(move |driver, _| {
+                !backlog.scheduled.load(Ordering::Acquire)
+                    && lock(&backlog.counts).is_empty()
+                    && driver.node.signals_acknowledged(session)
+            })?;
+            if done {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 impl Drop for SignalTransmitter {
     fn drop(&mut self) {
         self.inner.close(self.session);
@@ -857,11 +973,18 @@ impl RomSubscriber {
         lock(&self.shared.state).current.clone()
     }
 
+    /// Why the session ended for good, if it did (the publisher's policy
+    /// withdrew it, say); no new version arrives after that.
+    pub fn closed(&self) -> Option<CloseCause> {
+        lock(&self.shared.state).closed
+    }
+
     /// Blocks until the current version is another than `seen` (the
     /// value [`RomSubscriber::current`] or this call returned before; a
     /// new version is always a new `Arc`, even when a restarted publisher
-    /// reuses a version number) or `timeout` passes; returns the current
-    /// version either way.
+    /// reuses a version number), the session is closed for good
+    /// ([`RomSubscriber::closed`]) or `timeout` passes; returns the
+    /// current version either way.
     pub fn wait_change(
         &self,
         seen: Option<&Arc<RomVersion>>,
@@ -870,6 +993,7 @@ impl RomSubscriber {
         let state = lock(&self.shared.state);
         let unchanged = |state: &mut RomState| {
             !state.stopped
+                && state.closed.is_none()
                 && match (state.current.as_ref(), seen) {
                     (None, None) => true,
                     (Some(c), Some(s)) => Arc::ptr_eq(c, s),

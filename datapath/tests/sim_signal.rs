@@ -65,7 +65,9 @@ impl Node {
                 };
                 peer.handle_frame(now);
                 match frame.message {
-                    Message::Heartbeat(heartbeat) => peer.handle_heartbeat(now, &heartbeat),
+                    Message::Heartbeat(heartbeat) => {
+                        let _rtt = peer.handle_heartbeat(now, &heartbeat);
+                    }
                     Message::Signal(signal) => receiver.handle_signal(&signal),
                     Message::SignalAck(ack) => sender.handle_ack(&ack),
                     _ => {}

@@ -77,7 +77,10 @@ pub struct PeerLiveness {
     started: Instant,
     last_heard: Option<Instant>,
     next_heartbeat: Instant,
-    echo: u64,
+    /// The peer's last `send_time`, and when it arrived here: the echo
+    /// carries it plus the time it was held here, so that the peer's
+    /// round trip excludes our heartbeat interval.
+    echo: Option<(u64, Instant)>,
     rtt: Option<Duration>,
     events: VecDeque<PeerEvent>,
 }
@@ -97,7 +100,7 @@ impl PeerLiveness {
             started: now,
             last_heard: None,
             next_heartbeat: now,
-            echo: 0,
+            echo: None,
             rtt: None,
             events: VecDeque::new(),
         }
@@ -122,14 +125,17 @@ impl PeerLiveness {
         self.last_heard = Some(now);
     }
 
-    /// Takes a heartbeat into account (after [`PeerLiveness::handle_frame`]).
-    pub fn handle_heartbeat(&mut self, now: Instant, heartbeat: &Heartbeat) {
+    /// Takes a heartbeat into account (after [`PeerLiveness::handle_frame`]);
+    /// returns the round trip it measured, if it echoed one of ours.
+    pub fn handle_heartbeat(&mut self, now: Instant, heartbeat: &Heartbeat) -> Option<Duration> {
         self.last_heard = Some(now);
-        self.echo = heartbeat.send_time;
+        self.echo = Some((heartbeat.send_time, now));
+        let mut sample = None;
         if heartbeat.echo_time != 0 {
             let sent = Instant::from_nanos(heartbeat.echo_time);
             if sent <= now {
-                self.rtt = Some(now - sent);
+                sample = Some(now - sent);
+                self.rtt = sample;
             }
         }
         match self.remote_incarnation {
@@ -154,6 +160,7 @@ impl PeerLiveness {
                 });
             }
         }
+        sample
     }
 
     /// The heartbeat to send now, if one is due.
@@ -163,10 +170,14 @@ impl PeerLiveness {
             return None;
         }
         self.next_heartbeat = now + self.config.interval;
+        let echo_time = self.echo.map_or(0, |(sent, arrived)| {
+            let held = u64::try_from(now.saturating_since(arrived).as_nanos()).unwrap_or(u64::MAX);
+            sent.saturating_add(held)
+        });
         Some(Heartbeat {
             incarnation: self.local_incarnation,
             send_time: now.as_nanos().max(1),
-            echo_time: self.echo,
+            echo_time,
         })
     }
 
@@ -219,8 +230,35 @@ mod tests {
             peer.rtt(),
             Some(Duration::from_millis(60) - Duration::from_nanos(1))
         );
+        // The echo carries the peer's send time plus the 40 ms it was held.
         let second = peer.poll_transmit(ms(100)).unwrap();
-        assert_eq!(second.echo_time, ms(55).as_nanos());
+        assert_eq!(second.echo_time, ms(95).as_nanos());
+    }
+
+    #[test]
+    fn round_trips_exclude_the_time_each_side_holds_the_echo() {
+        // One-way delay 3 ms; the two sides beat at different, unrelated
+        // moments, yet every sample is exactly the 6 ms round trip.
+        let config = LivenessConfig::default();
+        let mut a = PeerLiveness::new(config, 1, ms(0));
+        let mut b = PeerLiveness::new(config, 2, ms(0));
+        let mut samples = Vec::new();
+        // Steps of 7 ms keep every event in causal order: A sends at t,
+        // B gets it at t+3 and sends at t+4, A gets that at t+7.
+        for step in 1..200u64 {
+            let now = ms(step * 7);
+            if let Some(beat) = a.poll_transmit(now) {
+                samples.extend(b.handle_heartbeat(now + Duration::from_millis(3), &beat));
+            }
+            let later = now + Duration::from_millis(4);
+            if let Some(beat) = b.poll_transmit(later) {
+                samples.extend(a.handle_heartbeat(later + Duration::from_millis(3), &beat));
+            }
+        }
+        assert!(samples.len() > 20, "{}", samples.len());
+        for sample in samples {
+            assert_eq!(sample, Duration::from_millis(6));
+        }
     }
 
     #[test]

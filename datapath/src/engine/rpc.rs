@@ -76,6 +76,8 @@ impl Default for RpcConfig {
 pub struct CallOutcome {
     /// The request.
     pub request_id: u64,
+    /// When the call was first sent (its round trip ends now).
+    pub sent_at: Instant,
     /// Exception code and result bytes, or why there are none.
     pub result: Result<(i32, Vec<u8>), CallError>,
 }
@@ -307,9 +309,10 @@ impl RpcClient {
     /// Fails every outstanding call with `error` (the peer went down or the
     /// session closed).
     pub fn fail_all(&mut self, error: &CallError) {
-        for (request_id, _) in std::mem::take(&mut self.calls) {
+        for (request_id, call) in std::mem::take(&mut self.calls) {
             self.events.push_back(CallOutcome {
                 request_id,
+                sent_at: call.sent_at,
                 result: Err(error.clone()),
             });
         }
@@ -359,6 +362,7 @@ impl RpcClient {
                 self.release(&call);
                 self.events.push_back(CallOutcome {
                     request_id,
+                    sent_at: call.sent_at,
                     result: Err(CallError::Timeout),
                 });
             }
@@ -441,6 +445,7 @@ impl RpcClient {
             if let Some((exception, reassembly)) = call.reply {
                 self.events.push_back(CallOutcome {
                     request_id,
+                    sent_at: call.sent_at,
                     result: Ok((exception, reassembly.into_data())),
                 });
             }

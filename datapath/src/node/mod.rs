@@ -25,7 +25,10 @@
 //! one, an export is open to every configured peer. A peer is known by its
 //! address.
 
+mod report;
 mod session;
+
+pub use self::report::{LatencyHistogram, LatencySummary, PeerCounters, PeerLatency, PeerReport};
 
 use core::ops::Bound;
 use core::time::Duration;
@@ -313,6 +316,9 @@ struct Peer {
     out: Outbound,
     /// Sequences seen from the peer (authenticated peers only).
     replay: ReplayWindow,
+    /// What the operator sees of it.
+    counters: PeerCounters,
+    latency: PeerLatency,
     /// Sessions the peer opened here, by the channel this node assigned.
     served: BTreeMap<u32, ServedSession>,
     /// The peer's open ids of served sessions, to answer repeated opens.
@@ -493,6 +499,8 @@ impl Node {
                 keys: None,
             },
             replay: ReplayWindow::default(),
+            counters: PeerCounters::default(),
+            latency: PeerLatency::default(),
             served: BTreeMap::new(),
             served_opens: BTreeMap::new(),
             next_channel: self.rng.u32(1..),
@@ -537,6 +545,7 @@ impl Node {
             for channel in revoked {
                 peer.remove_served(channel);
                 self.stats.revoked += 1;
+                peer.counters.revoked += 1;
                 peer.queue_control(
                     &mut self.stats,
                     limit,
@@ -580,6 +589,26 @@ impl Node {
     /// Sessions `peer` holds open on this node.
     pub fn sessions_served(&self, peer: PeerId) -> usize {
         self.peers.get(peer.0).map_or(0, |p| p.served.len())
+    }
+
+    /// Counters and latency percentiles of `peer`.
+    pub fn peer_report(&self, peer: PeerId) -> Option<PeerReport> {
+        let peer = self.peers.get(peer.0)?;
+        Some(PeerReport {
+            name: peer.name.clone(),
+            state: peer.liveness.state(),
+            counters: peer.counters,
+            sessions_served: peer.served.len(),
+            sessions_client: peer.clients.len(),
+            authenticated: peer.out.keys.is_some(),
+            heartbeat_rtt: peer.latency.heartbeat_rtt.summary(),
+            rpc_call: peer.latency.rpc_call.summary(),
+        })
+    }
+
+    /// The peers, in the order they were added.
+    pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> + use<> {
+        (0..self.peers.len()).map(PeerId)
     }
 
     /// Whether `peer` is up, as far as its heartbeats tell.
@@ -851,6 +880,17 @@ impl Node {
         Ok(())
     }
 
+    /// Whether the peer has acknowledged every signal submitted on
+    /// `session` (also `true` for a session that is no signal session).
+    pub fn signals_acknowledged(&self, session: SessionId) -> bool {
+        match self.client(session).map(|c| &c.engine) {
+            Some(ClientEngine::Signal(senders)) => {
+                senders.values().all(SignalSender::is_acknowledged)
+            }
+            _ => true,
+        }
+    }
+
     /// The current content of a subscribed ROM module, complete and
     /// verified (`None` until the first version arrived).
     pub fn rom_current(&self, session: SessionId) -> Option<Arc<RomVersion>> {
@@ -894,25 +934,30 @@ impl Node {
             }
         };
         let peer = &mut self.peers[p];
+        peer.counters.frames_received += 1;
         match &peer.out.keys {
             // The tag first, then the replay window (docs/wire.md 11).
             Some(keys) => {
                 if frame.flags != Flags::AUTH {
                     self.stats.unauthenticated += 1;
+                    peer.counters.unauthenticated += 1;
                     return;
                 }
                 if keys.verify(&bytes[..frame_len], frame.sequence).is_err() {
                     self.stats.auth_failed += 1;
+                    peer.counters.auth_failed += 1;
                     return;
                 }
                 if !peer.replay.accept(frame.sequence) {
                     self.stats.replayed += 1;
+                    peer.counters.replayed += 1;
                     return;
                 }
             }
             None => {
                 if frame.flags != Flags::NONE {
                     self.stats.unauthenticated += 1;
+                    peer.counters.unauthenticated += 1;
                     return;
                 }
             }
@@ -921,7 +966,10 @@ impl Node {
         let channel = frame.channel;
         match frame.message {
             Message::Heartbeat(heartbeat) => {
-                self.peers[p].liveness.handle_heartbeat(now, &heartbeat);
+                let peer = &mut self.peers[p];
+                if let Some(rtt) = peer.liveness.handle_heartbeat(now, &heartbeat) {
+                    peer.latency.heartbeat_rtt.record(rtt);
+                }
                 self.peer_events(now, p);
             }
             Message::SessionOpen(open) => self.handle_open(now, p, channel, &open),
@@ -1092,6 +1140,7 @@ impl Node {
             self.stats.refused_opens += 1;
             if status == OpenStatus::Denied {
                 self.stats.policy_denied += 1;
+                peer.counters.policy_denied += 1;
             }
             peer.queue_control(
                 &mut self.stats,
@@ -1343,18 +1392,17 @@ impl Node {
             self.unknown_session(p, channel, Origin::Client);
             return;
         };
-        let Some(client) = self.peers[p].clients.get_mut(&id) else {
+        let peer = &mut self.peers[p];
+        let Some(client) = peer.clients.get_mut(&id) else {
             return;
         };
         client.heard = now;
         match (&mut client.engine, message) {
             (ClientEngine::Rpc(rpc), Message::RpcReply(reply)) => {
                 rpc.handle_reply(now, reply);
+                let latency = &mut peer.latency;
                 while let Some(outcome) = rpc.poll_event() {
-                    self.events.push_back(NodeEvent::CallDone {
-                        session: id,
-                        outcome,
-                    });
+                    call_done(&mut self.events, latency, now, id, outcome);
                 }
             }
             (ClientEngine::Rpc(rpc), Message::RpcAck(ack)) => rpc.handle_ack(ack),
@@ -1391,6 +1439,7 @@ impl Node {
             if let Some(len) = self.transmit_peer(now, p, buf) {
                 self.peer_turn = (p + 1) % count;
                 self.stats.frames_sent += 1;
+                self.peers[p].counters.frames_sent += 1;
                 return Some((self.peers[p].endpoint, len));
             }
         }
@@ -1452,6 +1501,7 @@ impl Node {
             out,
             clients,
             client_turn,
+            latency,
             ..
         } = &mut self.peers[p];
         if clients.is_empty() {
@@ -1495,10 +1545,7 @@ impl Node {
                         // Timers may have ended calls (deadlines).
                         if let ClientEngine::Rpc(rpc) = &mut client.engine {
                             while let Some(outcome) = rpc.poll_event() {
-                                self.events.push_back(NodeEvent::CallDone {
-                                    session: id,
-                                    outcome,
-                                });
+                                call_done(&mut self.events, latency, now, id, outcome);
                             }
                         }
                         if len.is_none() {
@@ -1652,6 +1699,22 @@ fn fail_calls(
             events.push_back(NodeEvent::CallDone { session, outcome });
         }
     }
+}
+
+/// Reports a finished call and records the round trip of a successful one.
+fn call_done(
+    events: &mut VecDeque<NodeEvent>,
+    latency: &mut PeerLatency,
+    now: Instant,
+    session: SessionId,
+    outcome: CallOutcome,
+) {
+    if outcome.result.is_ok() {
+        latency
+            .rpc_call
+            .record(now.saturating_since(outcome.sent_at));
+    }
+    events.push_back(NodeEvent::CallDone { session, outcome });
 }
 
 fn rom_events(events: &mut VecDeque<NodeEvent>, session: SessionId, receiver: &mut RomReceiver) {

@@ -51,8 +51,34 @@ pub type Fill<'a> = dyn FnMut(&mut [u8]) -> Option<(Endpoint, usize)> + 'a;
 /// Receives one relay frame and its sender (see [`Transport::recv`]).
 pub type Deliver<'a> = dyn FnMut(Endpoint, &[u8]) + 'a;
 
+/// What a transport has done so far, in the same terms for every kind (for
+/// the operator; each transport's own stats type has the details).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// `xdp`, `udp` or `mem`.
+    pub kind: &'static str,
+    /// Relay frames handed to the node.
+    pub received: u64,
+    /// Frames handed to the link.
+    pub sent: u64,
+    /// Received frames dropped before the node saw them (not a relay
+    /// frame for this endpoint, truncated).
+    pub dropped: u64,
+    /// Sends refused or cut short because the link had no room.
+    pub send_stalls: u64,
+    /// Frames the link refused for their destination.
+    pub send_errors: u64,
+    /// Kernel wake-ups (system calls made to move frames).
+    pub wakeups: u64,
+}
+
 /// A link that carries relay frames.
 pub trait Transport {
+    /// Counters for the operator.
+    fn counters(&self) -> TransportCounters {
+        TransportCounters::default()
+    }
+
     /// The longest relay frame this transport carries, in bytes.
     fn max_frame_len(&self) -> usize;
 

@@ -193,6 +193,19 @@ impl UdpTransport {
 }
 
 impl Transport for UdpTransport {
+    fn counters(&self) -> super::TransportCounters {
+        let stats = self.stats;
+        super::TransportCounters {
+            kind: "udp",
+            received: stats.received,
+            sent: stats.sent,
+            dropped: stats.dropped_truncated + stats.dropped_malformed,
+            send_stalls: stats.would_block,
+            send_errors: stats.send_errors,
+            wakeups: 0,
+        }
+    }
+
     fn max_frame_len(&self) -> usize {
         self.config.max_frame_len
     }

@@ -525,6 +525,19 @@ impl XdpTransport {
 }
 
 impl Transport for XdpTransport {
+    fn counters(&self) -> crate::transport::TransportCounters {
+        let stats = self.stats;
+        crate::transport::TransportCounters {
+            kind: "xdp",
+            received: stats.received,
+            sent: stats.sent,
+            dropped: stats.dropped,
+            send_stalls: stats.tx_full,
+            send_errors: 0,
+            wakeups: stats.wakeups,
+        }
+    }
+
     fn max_frame_len(&self) -> usize {
         self.max_frame_len
     }
