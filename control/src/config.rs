@@ -173,7 +173,7 @@ pub struct ExportItem {
     /// RPC: the interface served.
     pub interface: Option<String>,
     /// ROM: a file whose content is published at start.
-    pub file: Option<String>,
+    pub file: Option<Spanned<String>>,
 }
 
 /// `[export]`.
@@ -558,11 +558,11 @@ impl Checker<'_> {
                         );
                     }
                     (ServiceChoice::Rom, None, Some(file)) => {
-                        if let Err(e) = std::fs::metadata(file) {
+                        if let Err(e) = std::fs::File::open(file.get_ref()) {
                             self.error(
-                                &item.label,
+                                file,
                                 format!("export.{key}[{i}].file"),
-                                format!("{file}: {e}"),
+                                format!("{}: {e}", file.get_ref()),
                             );
                         }
                     }

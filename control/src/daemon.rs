@@ -247,6 +247,8 @@ pub struct Daemon {
     transport: &'static str,
     name: String,
     snapshot: Mutex<Snapshot>,
+    /// Held for a whole reload: SIGHUP and `xrelay reload` may come at once.
+    reloading: Mutex<()>,
     roms: Mutex<HashMap<String, Arc<RomPublisher>>>,
     signals: Mutex<HashMap<String, SignalHandler>>,
     /// The control plane's counters.
@@ -267,6 +269,7 @@ impl Daemon {
                 routes: Arc::new(Routes::new(&config)),
                 config: config.clone(),
             }),
+            reloading: Mutex::new(()),
             roms: Mutex::new(HashMap::new()),
             signals: Mutex::new(HashMap::new()),
             counters: ControlCounters::default(),
@@ -342,6 +345,7 @@ impl Daemon {
             }
             let file_changed = before.is_none_or(|b| b.file != item.file);
             if let Some(file) = item.file.as_ref().filter(|_| file_changed) {
+                let file = file.get_ref();
                 let content = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
                 self.publish(label, content)?;
             }
@@ -363,6 +367,7 @@ impl Daemon {
     /// applied and what waits for a restart; an invalid file changes
     /// nothing and its errors are returned.
     pub fn reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let _one_at_a_time = lock(&self.reloading);
         let refused = |errors: Vec<String>| {
             self.counters
                 .reloads_refused

@@ -127,6 +127,32 @@ fn broken_configs_name_file_line_and_field() {
             broken("address = \"198.18.0.1\"", "address = 42"),
             ":4: invalid type: integer `42`, expected a string",
         ),
+        (
+            "metrics-off-loopback",
+            broken(
+                "address = \"198.18.0.1\"",
+                "address = \"198.18.0.1\"\nmetrics = \"198.18.0.1:9464\"",
+            ),
+            ":5: node.metrics: 198.18.0.1:9464 is not a loopback address",
+        ),
+        (
+            "two-queues",
+            broken(
+                "address = \"198.18.0.1\"",
+                "address = \"198.18.0.1\"\nqueues = [{ queue = 0 }, { queue = 1 }]",
+            ),
+            ":5: node.queues[1]: one datapath queue per node for now",
+        ),
+        (
+            "missing-rom-file",
+            format!("{GOOD}\n[[export.rom]]\nlabel = \"config\"\nfile = \"/nonexistent/config.txt\"\n"),
+            ":26: export.rom[0].file: /nonexistent/config.txt: No such file or directory",
+        ),
+        (
+            "two-selectors",
+            broken("label = \"app -> kv\"", "label = \"app -> kv\"\ndefault = true"),
+            ":19: route[0]: needs exactly one of label, label_prefix, label_suffix or default = true",
+        ),
     ];
     for (name, text, expected) in cases {
         let (path, code, stdout, stderr) = check(name, &text);
