@@ -10,7 +10,7 @@
 //! a new datapath (the `[node]` section, a changed peer address) is
 //! reported and takes effect at the next start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,9 @@ use xrelay_datapath::wire::encap::{Encapsulation, Endpoint, DEFAULT_UDP_PORT};
 use xrelay_datapath::wire::ethernet::{EthernetAddress, ETHERTYPE_RELAY};
 use xrelay_datapath::wire::session::Service;
 
-use crate::config::{self, Config, EncapChoice, ModeChoice, ServiceChoice, TransportChoice};
+use crate::config::{
+    self, Config, EncapChoice, ModeChoice, NodeSection, PeerSection, ServiceChoice, TransportChoice,
+};
 use crate::routes::{Routes, Target};
 
 fn service(choice: ServiceChoice) -> Service {
@@ -66,38 +68,45 @@ fn node_port(config: &Config) -> u16 {
         .map_or(DEFAULT_UDP_PORT, |p| *p.get_ref())
 }
 
-/// The endpoints of the configured peers. On AF_XDP (`neighbours` names
+/// The endpoint of one configured peer. On AF_XDP (`neighbours` names
 /// the interface) a peer without a configured MAC gets the one in the
 /// kernel's neighbour table; UDP needs none.
+fn peer_endpoint(
+    config: &Config,
+    peer: &PeerSection,
+    neighbours: Option<&str>,
+) -> Result<(String, Endpoint), String> {
+    let name = peer.name.get_ref();
+    let ip = peer
+        .address
+        .get_ref()
+        .parse()
+        .map_err(|e| format!("peer address: {e}"))?;
+    let mac = match (peer.mac.as_ref().and_then(|m| mac(m.get_ref())), neighbours) {
+        (Some(mac), _) => mac,
+        (None, Some(interface)) => neighbour_mac(name, interface, ip).map_err(|e| e.to_string())?,
+        (None, None) => EthernetAddress::default(),
+    };
+    let endpoint = Endpoint {
+        mac,
+        ip,
+        port: peer
+            .port
+            .as_ref()
+            .map_or(node_port(config), |p| *p.get_ref()),
+    };
+    Ok((name.clone(), endpoint))
+}
+
+/// The endpoints of every configured peer (see [`peer_endpoint`]).
 fn peer_endpoints(
     config: &Config,
     neighbours: Option<&str>,
 ) -> Result<Vec<(String, Endpoint)>, String> {
-    let port = node_port(config);
     config
         .peers
         .iter()
-        .map(|peer| {
-            let name = peer.name.get_ref();
-            let ip = peer
-                .address
-                .get_ref()
-                .parse()
-                .map_err(|e| format!("peer address: {e}"))?;
-            let mac = match (peer.mac.as_ref().and_then(|m| mac(m.get_ref())), neighbours) {
-                (Some(mac), _) => mac,
-                (None, Some(interface)) => {
-                    neighbour_mac(name, interface, ip).map_err(|e| e.to_string())?
-                }
-                (None, None) => EthernetAddress::default(),
-            };
-            let endpoint = Endpoint {
-                mac,
-                ip,
-                port: peer.port.as_ref().map_or(port, |p| *p.get_ref()),
-            };
-            Ok((name.clone(), endpoint))
-        })
+        .map(|peer| peer_endpoint(config, peer, neighbours))
         .collect()
 }
 
@@ -153,9 +162,13 @@ fn encapsulation(config: &Config) -> Encapsulation {
     }
 }
 
-/// Starts the datapath on the configured transport; returns it and the
-/// transport's name.
-fn start_datapath(config: &Config) -> Result<(Runtime, &'static str), String> {
+/// The datapath's start: the runtime, the transport's name and the peers'
+/// endpoints.
+type Started = (Runtime, &'static str, Vec<(String, Endpoint)>);
+
+/// Starts the datapath on the configured transport, with the peers' keys
+/// in force and a policy that allows nothing.
+fn start_datapath(config: &Config) -> Result<Started, String> {
     let node = &config.node;
     let ip = node
         .address
@@ -165,6 +178,11 @@ fn start_datapath(config: &Config) -> Result<(Runtime, &'static str), String> {
     let port = node_port(config);
     let mut runtime_config = RuntimeConfig::new(peer_endpoints(config, None)?);
     runtime_config.log_peers = true;
+    runtime_config.deny_all = true;
+    runtime_config.keys = keys(config)
+        .into_iter()
+        .filter_map(|(name, keys)| Some((name, keys?)))
+        .collect();
     runtime_config.core = node.queues.first().and_then(|q| q.get_ref().core);
     let queue = node.queues.first().map_or(0, |q| q.get_ref().queue);
     let xdp = node.interface.as_ref().map(|interface| XdpConfig {
@@ -182,35 +200,35 @@ fn start_datapath(config: &Config) -> Result<(Runtime, &'static str), String> {
         },
         ..XdpConfig::new(interface.get_ref(), ip)
     });
-    let spawn_udp = |config: RuntimeConfig| {
-        Runtime::spawn("xrelay-datapath", config, move || {
+    let spawn_udp = |runtime: RuntimeConfig| {
+        let peers = runtime.peers.clone();
+        Runtime::spawn("xrelay-datapath", runtime, move || {
             UdpTransport::bind(SocketAddrV4::new(ip, port), UdpConfig::default())
         })
+        .map(|r| (r, "udp", peers))
+        .map_err(|e| e.to_string())
     };
     let spawn_xdp = |mut runtime: RuntimeConfig, xdp: XdpConfig| {
-        runtime.peers =
-            peer_endpoints(config, Some(&xdp.interface)).map_err(RuntimeError::Transport)?;
+        runtime.peers = peer_endpoints(config, Some(&xdp.interface))?;
+        let peers = runtime.peers.clone();
         Runtime::spawn("xrelay-datapath", runtime, move || {
             let transport = XdpTransport::new(xdp)?;
             let (attach, bind) = transport.modes();
             eprintln!("xrelay: AF_XDP: {attach:?} XDP, {bind:?} bind");
             Ok::<_, TransportError>(transport)
         })
+        .map(|r| (r, "xdp", peers))
+        .map_err(|e| e.to_string())
     };
-    let failed = |e: RuntimeError| e.to_string();
     match (node.transport, xdp) {
-        (TransportChoice::Udp, _) | (TransportChoice::Auto, None) => {
-            Ok((spawn_udp(runtime_config).map_err(failed)?, "udp"))
-        }
-        (TransportChoice::Xdp, Some(xdp)) => {
-            Ok((spawn_xdp(runtime_config, xdp).map_err(failed)?, "xdp"))
-        }
+        (TransportChoice::Udp, _) | (TransportChoice::Auto, None) => spawn_udp(runtime_config),
+        (TransportChoice::Xdp, Some(xdp)) => spawn_xdp(runtime_config, xdp),
         (TransportChoice::Xdp, None) => Err("transport \"xdp\" needs node.interface".into()),
         (TransportChoice::Auto, Some(xdp)) => match spawn_xdp(runtime_config.clone(), xdp) {
-            Ok(runtime) => Ok((runtime, "xdp")),
+            Ok(started) => Ok(started),
             Err(error) => {
                 eprintln!("xrelay: AF_XDP is not available here ({error}); using udp");
-                Ok((spawn_udp(runtime_config).map_err(failed)?, "udp"))
+                spawn_udp(runtime_config)
             }
         },
     }
@@ -219,12 +237,6 @@ fn start_datapath(config: &Config) -> Result<(Runtime, &'static str), String> {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Holders only swap whole values in; a panic cannot leave them torn.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The configuration in effect.
-struct Snapshot {
-    config: Config,
-    routes: Arc<Routes>,
 }
 
 /// Counters of the control plane itself.
@@ -240,15 +252,30 @@ pub struct ControlCounters {
     pub reloads_refused: AtomicU64,
 }
 
+/// What the running datapath holds. It can be more than the configuration
+/// in effect: removed exports and peers stay registered until a restart.
+struct Registered {
+    /// The `[node]` section the datapath was started with.
+    node: NodeSection,
+    /// Peers by name.
+    peers: BTreeMap<String, Endpoint>,
+    /// Exports, with the ROM file last published from.
+    exports: BTreeMap<(ServiceChoice, String), Option<String>>,
+}
+
 /// A running node and its control state.
 pub struct Daemon {
     path: PathBuf,
     runtime: Runtime,
     transport: &'static str,
     name: String,
-    snapshot: Mutex<Snapshot>,
-    /// Held for a whole reload: SIGHUP and `xrelay reload` may come at once.
-    reloading: Mutex<()>,
+    /// The queue the datapath serves.
+    queue: u32,
+    /// The routes in effect, swapped whole by a reload.
+    routes: Mutex<Arc<Routes>>,
+    /// Held for a whole reload (SIGHUP and `xrelay reload` may come at
+    /// once), with what the datapath holds.
+    registered: Mutex<Registered>,
     roms: Mutex<HashMap<String, Arc<RomPublisher>>>,
     signals: Mutex<HashMap<String, SignalHandler>>,
     /// The control plane's counters.
@@ -257,32 +284,31 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts the datapath for the checked configuration read from
-    /// `path`, serves its exports and applies keys and policy.
+    /// `path` (keys in force and nothing allowed from the first frame),
+    /// serves its exports, then applies the policy.
     pub fn start(path: &Path, config: Config) -> Result<Daemon, String> {
-        let (runtime, transport) = start_datapath(&config)?;
+        let (runtime, transport, peers) = start_datapath(&config)?;
         let daemon = Daemon {
             path: path.to_owned(),
             runtime,
             transport,
             name: config.node.name.get_ref().clone(),
-            snapshot: Mutex::new(Snapshot {
-                routes: Arc::new(Routes::new(&config)),
-                config: config.clone(),
+            queue: config.node.queues.first().map_or(0, |q| q.get_ref().queue),
+            routes: Mutex::new(Arc::new(Routes::new(&config))),
+            registered: Mutex::new(Registered {
+                node: config.node.clone(),
+                peers: peers.into_iter().collect(),
+                exports: BTreeMap::new(),
             }),
-            reloading: Mutex::new(()),
             roms: Mutex::new(HashMap::new()),
             signals: Mutex::new(HashMap::new()),
             counters: ControlCounters::default(),
         };
-        daemon.export_new(&config, None)?;
+        let mut registered = lock(&daemon.registered);
         daemon
-            .runtime
-            .reconfigure(Reconfiguration {
-                add_peers: Vec::new(),
-                keys: keys(&config),
-                policy: Some(policy(&config)),
-            })
-            .map_err(|e| e.to_string())?;
+            .apply(&mut registered, &config)
+            .map_err(|errors| errors.join("; "))?;
+        drop(registered);
         Ok(daemon)
     }
 
@@ -301,164 +327,197 @@ impl Daemon {
         &self.name
     }
 
+    /// The NIC queue the datapath serves.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
     /// The configuration file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// A copy of the configuration in effect.
-    pub fn config(&self) -> Config {
-        lock(&self.snapshot).config.clone()
-    }
-
-    /// Serves the exports of `new` that `old` did not have (all of them
-    /// without `old`); a ROM module whose `file` changed is published
-    /// again from it.
-    fn export_new(&self, new: &Config, old: Option<&Config>) -> Result<(), String> {
-        let had = |items: &dyn Fn(&Config) -> &Vec<config::ExportItem>, label: &str| {
-            old.and_then(|old| {
-                items(old)
-                    .iter()
-                    .find(|i| i.label.get_ref() == label)
-                    .cloned()
-            })
-        };
-        let failed = |label: &str, e: RuntimeError| format!("exporting {label:?}: {e}");
-        for item in &new.export.rpc {
-            let label = item.label.get_ref();
-            if had(&|c| &c.export.rpc, label).is_none() {
-                // `xrelay check` admits only interfaces this binary serves.
-                self.runtime
-                    .export_rpc(label, KvStoreServer(MemoryStore::new(100_000)))
-                    .map_err(|e| failed(label, e))?;
-            }
+    /// Brings the datapath to `new` as far as it can without a restart;
+    /// returns notes on what waits for one. Nothing is published and no
+    /// policy, key or route changes unless every step before succeeded;
+    /// exports registered on the way are recorded, and stay closed to
+    /// peers until a policy grants them.
+    fn apply(&self, registered: &mut Registered, new: &Config) -> Result<Vec<String>, Vec<String>> {
+        let mut notes = Vec::new();
+        if new.node != registered.node {
+            notes.push("[node] changed: takes effect at the next start".to_owned());
         }
+        // Peers: new ones are added; a changed address waits for a restart.
+        let neighbours = (self.transport == "xdp")
+            .then(|| {
+                registered
+                    .node
+                    .interface
+                    .as_ref()
+                    .map(|i| i.get_ref().as_str())
+            })
+            .flatten();
+        let mut add_peers = Vec::new();
+        let mut usable = BTreeSet::new();
+        for peer in &new.peers {
+            let name = peer.name.get_ref();
+            if let Some(endpoint) = registered.peers.get(name) {
+                usable.insert(name.clone());
+                let (_, wanted) = peer_endpoint(new, peer, None).map_err(|e| vec![e])?;
+                if (wanted.ip, wanted.port) != (endpoint.ip, endpoint.port)
+                    || peer
+                        .mac
+                        .as_ref()
+                        .is_some_and(|_| wanted.mac != endpoint.mac)
+                {
+                    notes.push(format!(
+                        "peer {name:?}: its new address takes effect at the next start"
+                    ));
+                }
+                continue;
+            }
+            let (_, endpoint) = peer_endpoint(new, peer, neighbours).map_err(|e| vec![e])?;
+            let holder = registered
+                .peers
+                .iter()
+                .find(|(_, e)| (e.ip, e.port) == (endpoint.ip, endpoint.port));
+            if let Some((holder, _)) = holder {
+                notes.push(format!(
+                    "peer {name:?}: its address is {holder:?}'s in the running datapath; \
+                     takes effect at the next start (granted nothing until then)"
+                ));
+                continue;
+            }
+            notes.push(format!("peer {name:?} added"));
+            usable.insert(name.clone());
+            add_peers.push((name.clone(), endpoint));
+        }
+        for gone in registered
+            .peers
+            .keys()
+            .filter(|r| !new.peers.iter().any(|p| p.name.get_ref() == *r))
+        {
+            notes.push(format!(
+                "peer {gone:?} removed: granted nothing; forgotten at the next start"
+            ));
+        }
+
+        // ROM files are read before anything changes.
+        let mut contents = Vec::new();
         for item in &new.export.rom {
             let label = item.label.get_ref();
-            let before = had(&|c| &c.export.rom, label);
-            if before.is_none() {
-                let publisher = self
-                    .runtime
-                    .export_rom(label)
-                    .map_err(|e| failed(label, e))?;
-                lock(&self.roms).insert(label.clone(), Arc::new(publisher));
-            }
-            let file_changed = before.is_none_or(|b| b.file != item.file);
-            if let Some(file) = item.file.as_ref().filter(|_| file_changed) {
-                let file = file.get_ref();
-                let content = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
-                self.publish(label, content)?;
+            let file = item.file.as_ref().map(|f| f.get_ref().clone());
+            let known = registered.exports.get(&(ServiceChoice::Rom, label.clone()));
+            if let Some(path) = file.as_ref().filter(|_| known != Some(&file)) {
+                let content = std::fs::read(path).map_err(|e| vec![format!("{path}: {e}")])?;
+                contents.push((label.clone(), file.clone(), content));
             }
         }
-        for item in &new.export.signal {
-            let label = item.label.get_ref();
-            if had(&|c| &c.export.signal, label).is_none() {
-                let handler = self
-                    .runtime
-                    .export_signal(label)
-                    .map_err(|e| failed(label, e))?;
-                lock(&self.signals).insert(label.clone(), handler);
+
+        // New exports: registered now, granted by the policy below.
+        let failed = |label: &str, e: RuntimeError| vec![format!("exporting {label:?}: {e}")];
+        for (service, items) in [
+            (ServiceChoice::Rpc, &new.export.rpc),
+            (ServiceChoice::Rom, &new.export.rom),
+            (ServiceChoice::Signal, &new.export.signal),
+        ] {
+            for item in items {
+                let label = item.label.get_ref();
+                let key = (service, label.clone());
+                if registered.exports.contains_key(&key) {
+                    continue;
+                }
+                match service {
+                    // `xrelay check` admits only interfaces this binary serves.
+                    ServiceChoice::Rpc => self
+                        .runtime
+                        .export_rpc(label, KvStoreServer(MemoryStore::new(100_000)))
+                        .map_err(|e| failed(label, e))?,
+                    ServiceChoice::Rom => {
+                        let publisher = self
+                            .runtime
+                            .export_rom(label)
+                            .map_err(|e| failed(label, e))?;
+                        lock(&self.roms).insert(label.clone(), Arc::new(publisher));
+                    }
+                    ServiceChoice::Signal => {
+                        let handler = self
+                            .runtime
+                            .export_signal(label)
+                            .map_err(|e| failed(label, e))?;
+                        lock(&self.signals).insert(label.clone(), handler);
+                    }
+                }
+                registered.exports.insert(key, None);
             }
         }
-        Ok(())
+        for ((service, label), _) in registered.exports.iter() {
+            let items = match service {
+                ServiceChoice::Rpc => &new.export.rpc,
+                ServiceChoice::Rom => &new.export.rom,
+                ServiceChoice::Signal => &new.export.signal,
+            };
+            if !items.iter().any(|i| i.label.get_ref() == label) {
+                notes.push(format!(
+                    "{service:?} export {label:?} removed: closed to every peer; \
+                     registered until the next start"
+                ));
+            }
+        }
+
+        // Keys and policy in one step between two datapath batches.
+        let change = Reconfiguration {
+            add_peers: add_peers.clone(),
+            keys: keys(new)
+                .into_iter()
+                .filter(|(name, _)| usable.contains(name))
+                .collect(),
+            policy: Some(
+                policy(new)
+                    .into_iter()
+                    .filter(|(peer, _, _)| usable.contains(peer))
+                    .collect(),
+            ),
+        };
+        self.runtime
+            .reconfigure(change)
+            .map_err(|e| vec![e.to_string()])?;
+        registered.peers.extend(add_peers);
+        for (label, file, content) in contents {
+            self.publish(&label, content).map_err(|e| vec![e])?;
+            registered.exports.insert((ServiceChoice::Rom, label), file);
+        }
+        *lock(&self.routes) = Arc::new(Routes::new(new));
+        Ok(notes)
     }
 
     /// Re-reads the configuration file. On success returns what was
     /// applied and what waits for a restart; an invalid file changes
     /// nothing and its errors are returned.
     pub fn reload(&self) -> Result<Vec<String>, Vec<String>> {
-        let _one_at_a_time = lock(&self.reloading);
-        let refused = |errors: Vec<String>| {
-            self.counters
-                .reloads_refused
-                .fetch_add(1, Ordering::Relaxed);
-            Err(errors)
-        };
-        let new = match config::load(&self.path) {
-            Ok(checked) => checked.config,
-            Err(errors) => return refused(errors.iter().map(ToString::to_string).collect()),
-        };
-        let old = self.config();
-        let mut notes = Vec::new();
-        if new.node != old.node {
-            notes.push("[node] changed: takes effect at the next start".to_owned());
-        }
-        let neighbours = (self.transport == "xdp")
-            .then(|| old.node.interface.as_ref().map(|i| i.get_ref().as_str()))
-            .flatten();
-        let endpoints = match peer_endpoints(&new, neighbours) {
-            Ok(endpoints) => endpoints,
-            Err(error) => return refused(vec![error]),
-        };
-        let mut add_peers = Vec::new();
-        for ((name, endpoint), section) in endpoints.into_iter().zip(&new.peers) {
-            match old.peers.iter().find(|p| p.name.get_ref() == &name) {
-                None => {
-                    notes.push(format!("peer {name:?} added"));
-                    add_peers.push((name, endpoint));
-                }
-                Some(before)
-                    if before.address != section.address
-                        || before.port != section.port
-                        || before.mac != section.mac =>
-                {
-                    notes.push(format!(
-                        "peer {name:?}: new address takes effect at the next start"
-                    ));
-                }
-                Some(_) => {}
+        let mut registered = lock(&self.registered);
+        let result = config::load(&self.path)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+            .and_then(|checked| self.apply(&mut registered, &checked.config));
+        match result {
+            Ok(mut notes) => {
+                notes.push("keys, policy and routes applied".to_owned());
+                self.counters.reloads.fetch_add(1, Ordering::Relaxed);
+                Ok(notes)
+            }
+            Err(errors) => {
+                self.counters
+                    .reloads_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(errors)
             }
         }
-        for gone in old
-            .peers
-            .iter()
-            .filter(|p| !new.peers.iter().any(|n| n.name == p.name))
-        {
-            notes.push(format!(
-                "peer {:?} removed: the policy grants it nothing; forgotten at the next start",
-                gone.name.get_ref()
-            ));
-        }
-        // Exports first: the new policy may grant them.
-        if let Err(error) = self.export_new(&new, Some(&old)) {
-            return refused(vec![error]);
-        }
-        for (kind, before, after) in [
-            ("rpc", &old.export.rpc, &new.export.rpc),
-            ("rom", &old.export.rom, &new.export.rom),
-            ("signal", &old.export.signal, &new.export.signal),
-        ] {
-            for gone in before
-                .iter()
-                .filter(|b| !after.iter().any(|a| a.label == b.label))
-            {
-                notes.push(format!(
-                    "{kind} export {:?} removed: closed to every peer by the policy; served until the next start",
-                    gone.label.get_ref()
-                ));
-            }
-        }
-        let change = Reconfiguration {
-            add_peers,
-            keys: keys(&new),
-            policy: Some(policy(&new)),
-        };
-        if let Err(error) = self.runtime.reconfigure(change) {
-            return refused(vec![error.to_string()]);
-        }
-        notes.push("keys, policy and routes applied".to_owned());
-        *lock(&self.snapshot) = Snapshot {
-            routes: Arc::new(Routes::new(&new)),
-            config: new,
-        };
-        self.counters.reloads.fetch_add(1, Ordering::Relaxed);
-        Ok(notes)
     }
 
     /// Where a local request for `service` labelled `label` goes; a
     /// request no route matches is counted and refused.
     pub fn route(&self, service: ServiceChoice, label: &str) -> Result<Target, String> {
-        let routes = Arc::clone(&lock(&self.snapshot).routes);
+        let routes = Arc::clone(&lock(&self.routes));
         routes.resolve(service, label).ok_or_else(|| {
             self.counters.no_route.fetch_add(1, Ordering::Relaxed);
             format!(

@@ -45,8 +45,9 @@ pub enum RomCommand {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
-    /// Print every new version of module NAME as it arrives: a header line
-    /// and the content (`--json`: one JSON line per version, no content).
+    /// Print module NAME each time it changes (the newest version; ones
+    /// replaced before they arrive are skipped): a header line and the
+    /// content (`--json`: one JSON line per version, no content).
     Watch {
         /// The module, as the routes know it.
         name: String,

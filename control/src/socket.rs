@@ -49,6 +49,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// The longest request line.
 const MAX_LINE: u64 = 64 * 1024;
 
+/// How long an answer may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a waiting request checks whether its client hung up.
 const HANGUP_CHECK: Duration = Duration::from_millis(200);
 
@@ -69,12 +72,7 @@ fn latency_json(summary: &LatencySummary) -> Value {
 pub fn stats_json(daemon: &Daemon, report: &Report) -> Value {
     let stats = &report.node;
     let control = &daemon.counters;
-    let queue = daemon
-        .config()
-        .node
-        .queues
-        .first()
-        .map_or(0, |q| q.get_ref().queue);
+    let queue = daemon.queue();
     let transport = &report.transport;
     let peers: Vec<Value> = report
         .peers
@@ -165,16 +163,7 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Listens on `path` (owner-only permissions) for `daemon`.
     pub fn start(path: &Path, daemon: Arc<Daemon>) -> std::io::Result<ControlSocket> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // A socket left by a killed daemon is in the way; a live one is not
-        // ours to remove, but binding would fail on it anyway.
-        if UnixStream::connect(path).is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(path)?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -201,6 +190,52 @@ impl ControlSocket {
     }
 }
 
+/// Binds a Unix socket at `path` that only the owner can use from the
+/// first moment: it is bound inside a fresh directory only the owner can
+/// enter, made 0600, then moved into place. A socket left by a killed
+/// daemon is replaced; anything else at `path` (a file, a live daemon's
+/// socket) is an error, never removed.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                ErrorKind::AlreadyExists,
+                "exists and is not a socket (not removed)",
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                ErrorKind::AddrInUse,
+                "a daemon is listening there",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let private = dir.join(format!(".xrelay-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("socket");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// Gives a connection slot back however its request ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -223,9 +258,10 @@ fn accept(
     active: &Arc<AtomicUsize>,
     stop: &Arc<AtomicBool>,
 ) {
+    let slot = Slot(Arc::clone(active));
     if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-        active.fetch_sub(1, Ordering::AcqRel);
         let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let mut stream = &stream;
         let _ = writeln!(
             stream,
@@ -234,12 +270,12 @@ fn accept(
         );
         return;
     }
-    let (daemon, active, stop) = (Arc::clone(daemon), Arc::clone(active), Arc::clone(stop));
+    let (daemon, stop) = (Arc::clone(daemon), Arc::clone(stop));
     let spawned = std::thread::Builder::new()
         .name("xrelay-request".into())
         .spawn(move || {
+            let _slot = slot;
             serve(&stream, &daemon, &stop);
-            active.fetch_sub(1, Ordering::AcqRel);
         });
     if spawned.is_err() {
         eprintln!("xrelay: cannot start a thread for a control request");
@@ -255,6 +291,7 @@ fn write_line(mut stream: &UnixStream, value: &Value) -> std::io::Result<()> {
 fn serve(stream: &UnixStream, daemon: &Daemon, stop: &AtomicBool) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     if (&mut reader).take(MAX_LINE).read_line(&mut line).is_err() {
@@ -309,7 +346,10 @@ fn serve(stream: &UnixStream, daemon: &Daemon, stop: &AtomicBool) {
             Err(error) => Err(error),
         },
         "signal_send" => signal_send(daemon, text("context"), number("count"), timeout),
-        "signal_wait" => signal_wait(stream, daemon, text("context"), timeout, stop),
+        "signal_wait" => match signal_wait(stream, daemon, text("context"), timeout, stop) {
+            Ok(_) => return,
+            Err(error) => Err(error),
+        },
         "rpc_call" => rpc_call(daemon, &request),
         other => Err(format!("unknown command {other:?}")),
     };
@@ -509,7 +549,12 @@ fn signal_wait(
             None => HANGUP_CHECK,
         };
         if let Some(count) = handler.wait_timeout(slice) {
-            return Ok(json!({"context": context, "count": count}));
+            let answer = json!({"context": context, "count": count});
+            if write_line(stream, &answer).is_err() {
+                // Nobody took them: the next wait will.
+                handler.restore(count);
+            }
+            return Ok(Value::Null);
         }
         if stop.load(Ordering::Relaxed) {
             return Err("the daemon is stopping".into());

@@ -239,6 +239,18 @@ fn the_operator_cli_reaches_routed_services_and_reload_changes_them() {
         cli(&sa, &["rom", "get", "extra"]),
         "mode = 2, a longer line\n"
     );
+    // Removed and added again: the export the datapath still holds is
+    // granted again, and later reloads keep working.
+    std::fs::write(&path_b, server(pb, pa, &first_text, false, true)).unwrap();
+    let notes = cli(&sb, &["reload"]);
+    assert!(notes.contains("export \"extra\" removed"), "{notes}");
+    assert!(cli_fails(&sa, &["rom", "get", "extra"]).contains("Denied"));
+    std::fs::write(&path_b, server(pb, pa, &first_text, true, true)).unwrap();
+    cli(&sb, &["reload"]);
+    assert_eq!(
+        cli(&sa, &["rom", "get", "extra"]),
+        "mode = 2, a longer line\n"
+    );
 
     // Reload withdrawing ROM from a: a running watch ends with the reason,
     // while RPC, still granted, goes on.

@@ -9,8 +9,9 @@
 //!   A's transfer completes intact with nothing revoked.
 //! * C reloaded with a wrong key: B drops its frames as `auth_failed`,
 //!   and A's traffic goes on.
-//! * A frame of A's captured on the switch and sent to B again: B drops
-//!   it as `replayed`, and A's traffic goes on.
+//! * Frames of A's captured on the switch and sent to B again, one of them
+//!   captured before B's reload: B drops both as `replayed`, and A's
+//!   traffic goes on.
 
 #[expect(dead_code, reason = "the loopback tests use the rest")]
 mod support;
@@ -190,14 +191,22 @@ impl PacketSocket {
     }
 }
 
-/// Captures one relay frame from `src` to `dst` on switch port `from` and
-/// sends it again out of port `to` (towards `dst`).
-fn replay_one(switch: &str, from: &str, to: &str, src: [u8; 4], dst: [u8; 4]) {
-    let (switch, from, to) = (switch.to_owned(), from.to_owned(), to.to_owned());
+/// Runs `f` on a thread inside network namespace `ns`.
+fn inside<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_owned();
     std::thread::spawn(move || {
-        netns::enter(&switch).unwrap();
-        let capture = PacketSocket::bind(&from);
-        let inject = PacketSocket::bind(&to);
+        netns::enter(&ns).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Captures one relay frame from `src` to `dst` on switch port `port`.
+fn capture_one(switch: &str, port: &str, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let port = port.to_owned();
+    inside(switch, move || {
+        let capture = PacketSocket::bind(&port);
         let mut buf = [0u8; 2048];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -212,14 +221,17 @@ fn replay_one(switch: &str, from: &str, to: &str, src: [u8; 4], dst: [u8; 4]) {
                 && frame[30..34] == dst
                 && frame[36..38] == 9555u16.to_be_bytes();
             if relay {
-                inject.send(frame);
-                return;
+                return frame.to_vec();
             }
         }
-        panic!("no relay frame from {src:?} to {dst:?} on {from} within 5 s");
+        panic!("no relay frame from {src:?} to {dst:?} on {port} within 5 s");
     })
-    .join()
-    .unwrap();
+}
+
+/// Sends `frame` out of switch port `port` (to the host behind it).
+fn inject(switch: &str, port: &str, frame: Vec<u8>) {
+    let port = port.to_owned();
+    inside(switch, move || PacketSocket::bind(&port).send(&frame));
 }
 
 #[test]
@@ -242,6 +254,10 @@ fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
     b.expect("peer a: Up");
     b.expect("peer c: Up");
     let (sa, sb, sc) = (socket("a"), socket("b"), socket("c"));
+    // A frame of A's to B, captured on the switch now and sent again at
+    // the end, after B's reload: the replay window outlives reloads.
+    let (a_ip, b_ip) = ([198, 18, 0, 1], [198, 18, 0, 2]);
+    let captured = capture_one(lan.switch.name(), &lan.ports[0], a_ip, b_ip);
 
     // A subscribes and gets every version.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_xrelay"))
@@ -329,17 +345,13 @@ fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
     c.expect("peer b: Down");
     assert_eq!(cli(&sa, &["rpc", "call", "kv", "get", "owner"]), "a\n");
 
-    // A frame of A's, captured on the switch and sent to B again.
+    // Replays: the frame captured before B's reload, and a fresh one.
     let before = counter(&stats(&sb), "a", "replayed");
-    replay_one(
-        lan.switch.name(),
-        &lan.ports[0],
-        &lan.ports[1],
-        [198, 18, 0, 1],
-        [198, 18, 0, 2],
-    );
+    inject(lan.switch.name(), &lan.ports[1], captured);
+    let fresh = capture_one(lan.switch.name(), &lan.ports[0], a_ip, b_ip);
+    inject(lan.switch.name(), &lan.ports[1], fresh);
     eventually("B counts the replayed frame", || {
-        counter(&stats(&sb), "a", "replayed") > before
+        counter(&stats(&sb), "a", "replayed") >= before + 2
     });
     assert_eq!(cli(&sa, &["rpc", "call", "kv", "get", "owner"]), "a\n");
     let at_b = stats(&sb);

@@ -50,6 +50,7 @@ fn nonce(sequence: u64) -> Nonce {
 }
 
 /// The keys of one peer pair, seen from this node.
+#[derive(Clone)]
 pub struct FrameKeys {
     send: LessSafeKey,
     receive: LessSafeKey,

@@ -64,6 +64,12 @@ pub struct RuntimeConfig {
     /// Print peer events (up, restarted, down) on stderr, one line each
     /// (for daemons).
     pub log_peers: bool,
+    /// Frame keys by peer name, in force from the first frame.
+    pub keys: Vec<(String, FrameKeys)>,
+    /// Start with a policy that allows nothing: no peer can open an
+    /// export before [`Runtime::set_policy`] or [`Runtime::reconfigure`]
+    /// grants it (daemons, whose exports and policy come after the start).
+    pub deny_all: bool,
 }
 
 impl RuntimeConfig {
@@ -78,6 +84,8 @@ impl RuntimeConfig {
             open_timeout: Duration::from_secs(3),
             core: None,
             log_peers: false,
+            keys: Vec::new(),
+            deny_all: false,
         }
     }
 }
@@ -409,6 +417,15 @@ impl Runtime {
                     for (peer, endpoint) in &config.peers {
                         node.add_peer(now, peer, *endpoint)?;
                     }
+                    for (name, keys) in &config.keys {
+                        let peer = node
+                            .peer(name)
+                            .ok_or_else(|| RuntimeError::UnknownPeer(name.clone()))?;
+                        node.set_peer_keys(peer, Some(keys.clone()))?;
+                    }
+                    if config.deny_all {
+                        node.set_policy(Some(std::collections::BTreeSet::new()));
+                    }
                     let counters = transport.counters();
                     Ok((
                         transport,
@@ -640,6 +657,16 @@ impl Runtime {
     pub fn reconfigure(&self, change: Reconfiguration) -> Result<(), RuntimeError> {
         self.inner.request(move |driver, now| {
             let node = &mut driver.node;
+            for (i, (name, endpoint)) in change.add_peers.iter().enumerate() {
+                let clash = node.peer(name).is_some()
+                    || node.peer_by_address(endpoint).is_some()
+                    || change.add_peers[..i]
+                        .iter()
+                        .any(|(n, e)| n == name || (e.ip, e.port) == (endpoint.ip, endpoint.port));
+                if clash {
+                    return Err(RuntimeError::Node(NodeError::DuplicatePeer(name.clone())));
+                }
+            }
             let known = |name: &str| {
                 node.peer(name).is_some() || change.add_peers.iter().any(|(n, _)| n == name)
             };
@@ -859,6 +886,8 @@ impl SignalTransmitter {
     /// far; `false` if that did not happen within `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<bool, RuntimeError> {
         let deadline = std::time::Instant::now() + timeout;
+        // Asking the datapath thread costs it a command: back off.
+        let mut pause = Duration::from_micros(500);
         loop {
             let backlog = Arc::clone(&self.backlog);
             let session = self.session;
@@ -873,7 +902,8 @@ impl SignalTransmitter {
             if std::time::Instant::now() >= deadline {
                 return Ok(false);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }
@@ -914,6 +944,14 @@ impl SignalHandler {
             0 => Err(RuntimeError::Stopped),
             count => Ok(count),
         }
+    }
+
+    /// Gives back `count` signals taken by a wait whose result could not
+    /// be handed on: the next wait sees them again.
+    pub fn restore(&self, count: u64) {
+        let mut state = lock(&self.shared.state);
+        state.pending = state.pending.saturating_add(count);
+        self.shared.arrived.notify_all();
     }
 
     /// Like [`SignalHandler::wait`], giving up after `timeout` (or when the

@@ -1124,6 +1124,11 @@ fn authenticated_peers_talk_and_wrong_keys_and_replays_are_counted_drops() {
     assert_eq!(b.stats().replayed, 0);
     b.handle_datagram(now, host_endpoint(1), &buf[..len]);
     assert_eq!(b.stats().replayed, 1);
+    // Setting the keys again (a reload) keeps the window: still a replay.
+    b.set_peer_keys(to_a, Some(FrameKeys::derive(&k12, "b", "a")))
+        .unwrap();
+    b.handle_datagram(now, host_endpoint(1), &buf[..len]);
+    assert_eq!(b.stats().replayed, 2);
     // An altered copy fails the tag first.
     buf[len - 1] ^= 1;
     b.handle_datagram(now, host_endpoint(1), &buf[..len]);

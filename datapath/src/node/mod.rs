@@ -571,9 +571,19 @@ impl Node {
             .peers
             .get_mut(peer.0)
             .ok_or(NodeError::Unknown("peer"))?;
+        // The replay window stays: sequences only grow (docs/wire.md 3.2),
+        // so frames captured under the same key before this call must not
+        // become acceptable again, and those under another key fail the tag.
         peer.out.keys = keys;
-        peer.replay = ReplayWindow::default();
         Ok(())
+    }
+
+    /// The peer at `endpoint`'s IP address and port.
+    pub fn peer_by_address(&self, endpoint: &Endpoint) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .position(|p| same_address(&p.endpoint, endpoint))
+            .map(PeerId)
     }
 
     /// The peer called `name`.
