@@ -434,11 +434,13 @@ impl Checker<'_> {
             }
         }
         if let Some(second) = node.queues.get(1) {
-            self.error(
-                second,
-                "node.queues[1]",
-                "one datapath queue per node for now: list a single queue (docs/config.md)",
-            );
+            if node.transport == TransportChoice::Udp || node.interface.is_none() {
+                self.error(
+                    second,
+                    "node.queues[1]",
+                    "several queues need AF_XDP (an interface, transport \"xdp\" or \"auto\")",
+                );
+            }
         }
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let mut queues = BTreeSet::new();

@@ -17,13 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use xrelay_datapath::auth::FrameKeys;
-use xrelay_datapath::example::{KvStoreServer, MemoryStore};
+use xrelay_datapath::example::{KvError, KvStore, KvStoreServer, MemoryStore, StoreStats};
 use xrelay_datapath::runtime::{
-    Reconfiguration, RomPublisher, Runtime, RuntimeConfig, RuntimeError, SignalHandler,
+    Handoff, Reconfiguration, Report, RomPublisher, Runtime, RuntimeConfig, RuntimeError,
+    SignalHandler,
 };
 use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
 use xrelay_datapath::transport::xdp::{
-    neighbour_mac, AttachMode, BindMode, XdpConfig, XdpTransport,
+    neighbour_mac, AttachMode, BindMode, XdpConfig, XdpProgram, XdpTransport,
 };
 use xrelay_datapath::transport::TransportError;
 use xrelay_datapath::wire::encap::{Encapsulation, Endpoint, DEFAULT_UDP_PORT};
@@ -162,75 +163,186 @@ fn encapsulation(config: &Config) -> Encapsulation {
     }
 }
 
-/// The datapath's start: the runtime, the transport's name and the peers'
-/// endpoints.
-type Started = (Runtime, &'static str, Vec<(String, Endpoint)>);
+/// Which of `queues` queues owns peer `peer` of node `local`: the same on
+/// both sides of a pair with as many queues, so that on links that keep
+/// the queue (veth) a peer's frames arrive where its state is.
+pub fn owner(local: &str, peer: &str, queues: usize) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    let (first, second) = if local <= peer {
+        (local, peer)
+    } else {
+        (peer, local)
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(first.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(second.as_bytes());
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    let n = u64::from_le_bytes(word) % u64::try_from(queues).unwrap_or(1);
+    usize::try_from(n).unwrap_or(0)
+}
 
-/// Starts the datapath on the configured transport, with the peers' keys
-/// in force and a policy that allows nothing.
+/// Warns when `interface` has receive queues the daemon does not serve:
+/// the XDP program passes relay frames that arrive there to the kernel,
+/// which has no socket for them.
+fn warn_uncovered(interface: &str, served: impl Iterator<Item = u32>) {
+    let served: BTreeSet<u32> = served.collect();
+    let Ok(entries) = std::fs::read_dir(format!("/sys/class/net/{interface}/queues")) else {
+        return;
+    };
+    let uncovered: Vec<u32> = entries
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("rx-")?
+                .parse()
+                .ok()
+        })
+        .filter(|q| !served.contains(q))
+        .collect();
+    if !uncovered.is_empty() {
+        eprintln!(
+            "xrelay: WARNING: {interface} has receive queues {uncovered:?} that node.queues does \
+             not list: relay frames the NIC steers there are not served (list them, or reduce \
+             the channels with `ethtool -L {interface} combined N`)"
+        );
+    }
+}
+
+/// One datapath queue of the daemon.
+pub struct Queue {
+    /// The NIC queue (0 on UDP).
+    pub queue: u32,
+    /// Its datapath.
+    pub runtime: Runtime,
+}
+
+/// The datapath's start: one runtime per queue, the transport's name, the
+/// peers' endpoints and the queues' handoff group.
+struct Started {
+    queues: Vec<Queue>,
+    transport: &'static str,
+    peers: Vec<(String, Endpoint)>,
+    handoff: Option<Handoff>,
+}
+
+/// Starts one datapath thread per configured queue on the configured
+/// transport (several queues need AF_XDP; UDP runs one), each with the
+/// peers it owns and their keys in force and a policy that allows nothing.
 fn start_datapath(config: &Config) -> Result<Started, String> {
     let node = &config.node;
+    let local = node.name.get_ref();
     let ip = node
         .address
         .get_ref()
         .parse()
         .map_err(|e| format!("node.address: {e}"))?;
     let port = node_port(config);
-    let mut runtime_config = RuntimeConfig::new(peer_endpoints(config, None)?);
-    runtime_config.log_peers = true;
-    runtime_config.deny_all = true;
-    runtime_config.keys = keys(config)
+    let all_keys: Vec<(String, FrameKeys)> = keys(config)
         .into_iter()
         .filter_map(|(name, keys)| Some((name, keys?)))
         .collect();
-    runtime_config.core = node.queues.first().and_then(|q| q.get_ref().core);
-    let queue = node.queues.first().map_or(0, |q| q.get_ref().queue);
-    let xdp = node.interface.as_ref().map(|interface| XdpConfig {
-        queue,
-        encap: encapsulation(config),
-        attach: match node.xdp_mode.get_ref() {
+    let queues: Vec<(u32, Option<usize>)> = if node.queues.is_empty() {
+        vec![(0, None)]
+    } else {
+        node.queues
+            .iter()
+            .map(|q| (q.get_ref().queue, q.get_ref().core))
+            .collect()
+    };
+    // The runtime of queue `index` of `count`, owning its share of `peers`.
+    let runtime_config =
+        |index: usize, count: usize, peers: &[(String, Endpoint)], handoff: Option<Handoff>| {
+            let owned = |name: &String| owner(local, name, count) == index;
+            let mut runtime =
+                RuntimeConfig::new(peers.iter().filter(|(n, _)| owned(n)).cloned().collect());
+            runtime.log_peers = true;
+            runtime.deny_all = true;
+            runtime.keys = all_keys.iter().filter(|(n, _)| owned(n)).cloned().collect();
+            runtime.core = queues[index].1;
+            runtime.handoff = handoff;
+            runtime
+        };
+    let spawn_udp = || {
+        let peers = peer_endpoints(config, None)?;
+        let runtime = Runtime::spawn(
+            "xrelay-datapath",
+            runtime_config(0, 1, &peers, None),
+            move || UdpTransport::bind(SocketAddrV4::new(ip, port), UdpConfig::default()),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>(Started {
+            queues: vec![Queue { queue: 0, runtime }],
+            transport: "udp",
+            peers,
+            handoff: None,
+        })
+    };
+    let spawn_xdp = |interface: &str| {
+        let peers = peer_endpoints(config, Some(interface))?;
+        warn_uncovered(interface, queues.iter().map(|q| q.0));
+        let encap = encapsulation(config);
+        let attach = match node.xdp_mode.get_ref() {
             ModeChoice::Native => AttachMode::Native,
             ModeChoice::Generic => AttachMode::Generic,
             _ => AttachMode::Auto,
-        },
-        bind: match node.bind_mode.get_ref() {
-            ModeChoice::Zerocopy => BindMode::ZeroCopy,
-            ModeChoice::Copy => BindMode::Copy,
-            _ => BindMode::Auto,
-        },
-        ..XdpConfig::new(interface.get_ref(), ip)
-    });
-    let spawn_udp = |runtime: RuntimeConfig| {
-        let peers = runtime.peers.clone();
-        Runtime::spawn("xrelay-datapath", runtime, move || {
-            UdpTransport::bind(SocketAddrV4::new(ip, port), UdpConfig::default())
+        };
+        let program = XdpProgram::attach(interface, attach, encap).map_err(|e| e.to_string())?;
+        let program = Arc::new(Mutex::new(program));
+        let group = Handoff::group(queues.len());
+        for (name, endpoint) in &peers {
+            group[0].assign(endpoint, owner(local, name, queues.len()));
+        }
+        let mut started = Vec::new();
+        for (index, handoff) in group.iter().enumerate() {
+            let xdp = XdpConfig {
+                queue: queues[index].0,
+                encap,
+                attach,
+                bind: match node.bind_mode.get_ref() {
+                    ModeChoice::Zerocopy => BindMode::ZeroCopy,
+                    ModeChoice::Copy => BindMode::Copy,
+                    _ => BindMode::Auto,
+                },
+                ..XdpConfig::new(interface, ip)
+            };
+            let program = Arc::clone(&program);
+            let handoff = (queues.len() > 1).then(|| handoff.clone());
+            let config = runtime_config(index, queues.len(), &peers, handoff);
+            let queue = queues[index].0;
+            let name = format!("xrelay-q{queue}");
+            let runtime = Runtime::spawn(&name, config, move || {
+                let transport = XdpTransport::with_program(xdp, program)?;
+                let (attach, bind) = transport.modes();
+                eprintln!("xrelay: AF_XDP queue {queue}: {attach:?} XDP, {bind:?} bind");
+                Ok::<_, TransportError>(transport)
+            })
+            .map_err(|e| e.to_string())?;
+            started.push(Queue {
+                queue: queues[index].0,
+                runtime,
+            });
+        }
+        Ok::<_, String>(Started {
+            queues: started,
+            transport: "xdp",
+            peers,
+            handoff: group.into_iter().next(),
         })
-        .map(|r| (r, "udp", peers))
-        .map_err(|e| e.to_string())
     };
-    let spawn_xdp = |mut runtime: RuntimeConfig, xdp: XdpConfig| {
-        runtime.peers = peer_endpoints(config, Some(&xdp.interface))?;
-        let peers = runtime.peers.clone();
-        Runtime::spawn("xrelay-datapath", runtime, move || {
-            let transport = XdpTransport::new(xdp)?;
-            let (attach, bind) = transport.modes();
-            eprintln!("xrelay: AF_XDP: {attach:?} XDP, {bind:?} bind");
-            Ok::<_, TransportError>(transport)
-        })
-        .map(|r| (r, "xdp", peers))
-        .map_err(|e| e.to_string())
-    };
-    match (node.transport, xdp) {
-        (TransportChoice::Udp, _) | (TransportChoice::Auto, None) => spawn_udp(runtime_config),
-        (TransportChoice::Xdp, Some(xdp)) => spawn_xdp(runtime_config, xdp),
+    let interface = node.interface.as_ref().map(|i| i.get_ref().as_str());
+    match (node.transport, interface) {
+        (TransportChoice::Udp, _) | (TransportChoice::Auto, None) => spawn_udp(),
+        (TransportChoice::Xdp, Some(interface)) => spawn_xdp(interface),
         (TransportChoice::Xdp, None) => Err("transport \"xdp\" needs node.interface".into()),
-        (TransportChoice::Auto, Some(xdp)) => match spawn_xdp(runtime_config.clone(), xdp) {
-            Ok(started) => Ok(started),
-            Err(error) => {
-                eprintln!("xrelay: AF_XDP is not available here ({error}); using udp");
-                spawn_udp(runtime_config)
-            }
-        },
+        (TransportChoice::Auto, Some(interface)) => spawn_xdp(interface).or_else(|error| {
+            eprintln!("xrelay: AF_XDP is not available here ({error}); using udp (one queue)");
+            spawn_udp()
+        }),
     }
 }
 
@@ -263,20 +375,41 @@ struct Registered {
     exports: BTreeMap<(ServiceChoice, String), Option<String>>,
 }
 
+/// A key-value store shared by the queues of a daemon: a peer's calls go
+/// to the queue that owns it, and every peer sees the same store.
+struct SharedStore(Arc<Mutex<MemoryStore>>);
+
+impl KvStore for SharedStore {
+    fn get(&mut self, key: String) -> Result<Vec<u8>, KvError> {
+        lock(&self.0).get(key)
+    }
+    fn put(&mut self, key: String, value: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+        lock(&self.0).put(key, value)
+    }
+    fn delete(&mut self, key: String) -> Result<(), KvError> {
+        lock(&self.0).delete(key)
+    }
+    fn stats(&self) -> StoreStats {
+        lock(&self.0).stats()
+    }
+}
+
 /// A running node and its control state.
 pub struct Daemon {
     path: PathBuf,
-    runtime: Runtime,
+    /// One datapath per queue; each peer is owned by one of them.
+    queues: Vec<Queue>,
+    /// The queues' handoff group (several queues only).
+    handoff: Option<Handoff>,
     transport: &'static str,
     name: String,
-    /// The queue the datapath serves.
-    queue: u32,
     /// The routes in effect, swapped whole by a reload.
     routes: Mutex<Arc<Routes>>,
     /// Held for a whole reload (SIGHUP and `xrelay reload` may come at
     /// once), with what the datapath holds.
     registered: Mutex<Registered>,
-    roms: Mutex<HashMap<String, Arc<RomPublisher>>>,
+    /// Each module's publisher on every queue.
+    roms: Mutex<HashMap<String, Arc<Vec<RomPublisher>>>>,
     signals: Mutex<HashMap<String, SignalHandler>>,
     /// The control plane's counters.
     pub counters: ControlCounters,
@@ -287,17 +420,17 @@ impl Daemon {
     /// `path` (keys in force and nothing allowed from the first frame),
     /// serves its exports, then applies the policy.
     pub fn start(path: &Path, config: Config) -> Result<Daemon, String> {
-        let (runtime, transport, peers) = start_datapath(&config)?;
+        let started = start_datapath(&config)?;
         let daemon = Daemon {
             path: path.to_owned(),
-            runtime,
-            transport,
+            queues: started.queues,
+            handoff: started.handoff,
+            transport: started.transport,
             name: config.node.name.get_ref().clone(),
-            queue: config.node.queues.first().map_or(0, |q| q.get_ref().queue),
             routes: Mutex::new(Arc::new(Routes::new(&config))),
             registered: Mutex::new(Registered {
                 node: config.node.clone(),
-                peers: peers.into_iter().collect(),
+                peers: started.peers.into_iter().collect(),
                 exports: BTreeMap::new(),
             }),
             roms: Mutex::new(HashMap::new()),
@@ -312,9 +445,28 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// The datapath.
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+    /// The queues and their datapaths.
+    pub fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
+    /// Every queue's report, with its NIC queue.
+    pub fn reports(&self) -> Result<Vec<(u32, Report)>, String> {
+        self.queues
+            .iter()
+            .map(|q| q.runtime.report().map(|r| (q.queue, r)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The queue that owns peer `peer`.
+    fn owner(&self, peer: &str) -> usize {
+        owner(&self.name, peer, self.queues.len())
+    }
+
+    /// The datapath that owns peer `peer`: where sessions on it are opened.
+    pub fn runtime_for(&self, peer: &str) -> &Runtime {
+        &self.queues[self.owner(peer)].runtime
     }
 
     /// `xdp` or `udp`.
@@ -325,11 +477,6 @@ impl Daemon {
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The NIC queue the datapath serves.
-    pub fn queue(&self) -> u32 {
-        self.queue
     }
 
     /// The configuration file.
@@ -416,6 +563,7 @@ impl Daemon {
 
         // New exports: registered now, granted by the policy below.
         let failed = |label: &str, e: RuntimeError| vec![format!("exporting {label:?}: {e}")];
+        let runtimes = || self.queues.iter().map(|q| &q.runtime);
         for (service, items) in [
             (ServiceChoice::Rpc, &new.export.rpc),
             (ServiceChoice::Rom, &new.export.rom),
@@ -429,22 +577,30 @@ impl Daemon {
                 }
                 match service {
                     // `xrelay check` admits only interfaces this binary serves.
-                    ServiceChoice::Rpc => self
-                        .runtime
-                        .export_rpc(label, KvStoreServer(MemoryStore::new(100_000)))
-                        .map_err(|e| failed(label, e))?,
+                    ServiceChoice::Rpc => {
+                        let store = Arc::new(Mutex::new(MemoryStore::new(100_000)));
+                        for runtime in runtimes() {
+                            let server = KvStoreServer(SharedStore(Arc::clone(&store)));
+                            runtime
+                                .export_rpc(label, server)
+                                .map_err(|e| failed(label, e))?;
+                        }
+                    }
                     ServiceChoice::Rom => {
-                        let publisher = self
-                            .runtime
-                            .export_rom(label)
+                        let publishers = runtimes()
+                            .map(|runtime| runtime.export_rom(label))
+                            .collect::<Result<Vec<_>, _>>()
                             .map_err(|e| failed(label, e))?;
-                        lock(&self.roms).insert(label.clone(), Arc::new(publisher));
+                        lock(&self.roms).insert(label.clone(), Arc::new(publishers));
                     }
                     ServiceChoice::Signal => {
-                        let handler = self
-                            .runtime
-                            .export_signal(label)
-                            .map_err(|e| failed(label, e))?;
+                        let first = &self.queues[0].runtime;
+                        let handler = first.export_signal(label).map_err(|e| failed(label, e))?;
+                        for runtime in runtimes().skip(1) {
+                            runtime
+                                .export_signal_to(label, &handler)
+                                .map_err(|e| failed(label, e))?;
+                        }
                         lock(&self.signals).insert(label.clone(), handler);
                     }
                 }
@@ -465,23 +621,45 @@ impl Daemon {
             }
         }
 
-        // Keys and policy in one step between two datapath batches.
-        let change = Reconfiguration {
-            add_peers: add_peers.clone(),
-            keys: keys(new)
-                .into_iter()
-                .filter(|(name, _)| usable.contains(name))
-                .collect(),
-            policy: Some(
-                policy(new)
-                    .into_iter()
-                    .filter(|(peer, _, _)| usable.contains(peer))
+        // Keys and policy in one step between two batches of each queue's
+        // datapath, each for the peers it owns.
+        for (name, endpoint) in &add_peers {
+            if let Some(handoff) = &self.handoff {
+                handoff.assign(endpoint, self.owner(name));
+            }
+        }
+        let mut new_keys: Vec<_> = keys(new)
+            .into_iter()
+            .filter(|(name, _)| usable.contains(name))
+            .collect();
+        let new_policy: Vec<_> = policy(new)
+            .into_iter()
+            .filter(|(peer, _, _)| usable.contains(peer))
+            .collect();
+        for (index, queue) in self.queues.iter().enumerate() {
+            let owned = |name: &String| self.owner(name) == index;
+            let (mine, rest) = new_keys.into_iter().partition(|(name, _)| owned(name));
+            new_keys = rest;
+            let change = Reconfiguration {
+                add_peers: add_peers
+                    .iter()
+                    .filter(|(n, _)| owned(n))
+                    .cloned()
                     .collect(),
-            ),
-        };
-        self.runtime
-            .reconfigure(change)
-            .map_err(|e| vec![e.to_string()])?;
+                keys: mine,
+                policy: Some(
+                    new_policy
+                        .iter()
+                        .filter(|(p, _, _)| owned(p))
+                        .cloned()
+                        .collect(),
+                ),
+            };
+            queue
+                .runtime
+                .reconfigure(change)
+                .map_err(|e| vec![format!("queue {}: {e}", queue.queue)])?;
+        }
         registered.peers.extend(add_peers);
         for (label, file, content) in contents {
             self.publish(&label, content).map_err(|e| vec![e])?;
@@ -535,11 +713,18 @@ impl Daemon {
     /// Publishes `content` as the newest version of exported ROM module
     /// `name`; returns the version.
     pub fn publish(&self, name: &str, content: Vec<u8>) -> Result<u64, String> {
-        let publisher = lock(&self.roms)
+        let publishers = lock(&self.roms)
             .get(name)
             .cloned()
             .ok_or_else(|| format!("this node exports no ROM module {name:?}"))?;
-        publisher.publish(content).map_err(|e| e.to_string())
+        // Every queue serves the module to the peers it owns.
+        let (last, others) = publishers.split_last().ok_or("no queue")?;
+        for publisher in others {
+            publisher
+                .publish(content.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        last.publish(content).map_err(|e| e.to_string())
     }
 
     /// The handler of exported signal context `name`.
@@ -552,11 +737,14 @@ impl Daemon {
 
     /// Stops the datapath; returns whether it stopped cleanly.
     pub fn shutdown(self) -> Result<(), String> {
-        // The publishers hold the runtime's command channel, not the runtime.
+        // The publishers hold the runtimes' command channels, not the runtimes.
         drop(self.roms);
-        self.runtime
-            .shutdown()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let mut result = Ok(());
+        for queue in self.queues {
+            if let Err(e) = queue.runtime.shutdown() {
+                result = Err(format!("queue {}: {e}", queue.queue));
+            }
+        }
+        result
     }
 }

@@ -33,9 +33,9 @@ impl MetricsServer {
                         continue;
                     };
                     let response = if request.url() == "/metrics" {
-                        match daemon.runtime().report() {
-                            Ok(report) => {
-                                let body = exposition(&stats_json(&daemon, &report));
+                        match daemon.reports() {
+                            Ok(reports) => {
+                                let body = exposition(&stats_json(&daemon, &reports));
                                 let response = tiny_http::Response::from_string(body);
                                 match tiny_http::Header::from_bytes(
                                     &b"Content-Type"[..],
@@ -45,8 +45,7 @@ impl MetricsServer {
                                     Err(()) => response,
                                 }
                             }
-                            Err(e) => tiny_http::Response::from_string(e.to_string())
-                                .with_status_code(503),
+                            Err(e) => tiny_http::Response::from_string(e).with_status_code(503),
                         }
                     } else {
                         tiny_http::Response::from_string("see /metrics\n").with_status_code(404)

@@ -76,10 +76,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
         None => None,
     };
     eprintln!(
-        "xrelay: node {:?} running on {} at {} ({} peers, {} exports)",
+        "xrelay: node {:?} running on {} at {} ({} queues, {} peers, {} exports)",
         daemon.name(),
         daemon.transport(),
         config.node.address.get_ref(),
+        daemon.queues().len(),
         config.peers.len(),
         config.export.rpc.len() + config.export.rom.len() + config.export.signal.len()
     );

@@ -36,7 +36,7 @@ use xrelay_datapath::engine::peer::PeerState;
 use xrelay_datapath::engine::rom::RomVersion;
 use xrelay_datapath::example::{KvError, KvStoreClient};
 use xrelay_datapath::marshal::RpcError;
-use xrelay_datapath::node::LatencySummary;
+use xrelay_datapath::node::{LatencySummary, NodeStats};
 use xrelay_datapath::runtime::Report;
 use xrelay_datapath::wire::rom::{RomState, MAX_ROM_SIZE};
 
@@ -66,21 +66,44 @@ fn latency_json(summary: &LatencySummary) -> Value {
     })
 }
 
-/// The daemon's counters as JSON: node-wide frames and drops by reason,
-/// sessions, the control plane's own, the queue's transport counters and
-/// each peer's counters and latency percentiles.
-pub fn stats_json(daemon: &Daemon, report: &Report) -> Value {
-    let stats = &report.node;
+/// The daemon's counters as JSON: node-wide frames and drops by reason
+/// (summed over the queues), sessions, the control plane's own, each
+/// queue's transport and handoff counters, and each peer's counters and
+/// latency percentiles (from the queue that owns it).
+pub fn stats_json(daemon: &Daemon, reports: &[(u32, Report)]) -> Value {
+    let mut stats = NodeStats::default();
+    for (_, report) in reports {
+        stats += report.node;
+    }
     let control = &daemon.counters;
-    let queue = daemon.queue();
-    let transport = &report.transport;
-    let peers: Vec<Value> = report
-        .peers
+    let queues: Vec<Value> = reports
         .iter()
-        .map(|peer| {
+        .map(|(queue, report)| {
+            let transport = &report.transport;
+            json!({
+                "queue": queue,
+                "transport": transport.kind,
+                "received": transport.received,
+                "sent": transport.sent,
+                "dropped": transport.dropped,
+                "send_stalls": transport.send_stalls,
+                "send_errors": transport.send_errors,
+                "wakeups": transport.wakeups,
+                "handoff_sent": report.handoff.sent,
+                "handoff_dropped": report.handoff.dropped,
+                "handoff_received": report.handoff.received,
+                "peers": report.peers.len(),
+            })
+        })
+        .collect();
+    let peers: Vec<Value> = reports
+        .iter()
+        .flat_map(|(queue, report)| report.peers.iter().map(move |peer| (queue, peer)))
+        .map(|(queue, peer)| {
             let c = &peer.counters;
             json!({
                 "name": peer.name,
+                "queue": queue,
                 "state": match peer.state {
                     PeerState::Unknown => "unknown",
                     PeerState::Up => "up",
@@ -137,16 +160,7 @@ pub fn stats_json(daemon: &Daemon, report: &Report) -> Value {
             "reloads": control.reloads.load(Ordering::Relaxed),
             "reloads_refused": control.reloads_refused.load(Ordering::Relaxed),
         },
-        "queues": [{
-            "queue": queue,
-            "transport": transport.kind,
-            "received": transport.received,
-            "sent": transport.sent,
-            "dropped": transport.dropped,
-            "send_stalls": transport.send_stalls,
-            "send_errors": transport.send_errors,
-            "wakeups": transport.wakeups,
-        }],
+        "queues": queues,
         "peers": peers,
     })
 }
@@ -313,11 +327,7 @@ fn serve(stream: &UnixStream, daemon: &Daemon, stop: &AtomicBool) {
     let number = |key: &str| request.get(key).and_then(Value::as_u64);
     let timeout = number("timeout_ms").map(Duration::from_millis);
     let answer: Answer = match text("command").unwrap_or("") {
-        "stats" => daemon
-            .runtime()
-            .report()
-            .map(|report| stats_json(daemon, &report))
-            .map_err(|e| e.to_string()),
+        "stats" => daemon.reports().map(|reports| stats_json(daemon, &reports)),
         "reload" => match daemon.reload() {
             Ok(notes) => {
                 eprintln!(
@@ -420,7 +430,7 @@ fn rom_get(
     let name = required(name, "name")?;
     let target = daemon.route(ServiceChoice::Rom, name)?;
     let subscriber = daemon
-        .runtime()
+        .runtime_for(&target.peer)
         .subscribe_rom(&target.peer, &target.remote)
         .map_err(|e| e.to_string())?;
     let timeout = timeout.unwrap_or(Duration::from_secs(10));
@@ -464,7 +474,7 @@ fn rom_watch(
     let name = required(name, "name")?;
     let target = daemon.route(ServiceChoice::Rom, name)?;
     let subscriber = daemon
-        .runtime()
+        .runtime_for(&target.peer)
         .subscribe_rom(&target.peer, &target.remote)
         .map_err(|e| e.to_string())?;
     let mut seen = None;
@@ -506,7 +516,7 @@ fn signal_send(
     let count = count.unwrap_or(1);
     let target = daemon.route(ServiceChoice::Signal, context)?;
     let transmitter = daemon
-        .runtime()
+        .runtime_for(&target.peer)
         .open_signal(&target.peer, &target.remote)
         .map_err(|e| e.to_string())?;
     transmitter
@@ -577,7 +587,7 @@ fn rpc_call(daemon: &Daemon, request: &Value) -> Answer {
     };
     let target = daemon.route(ServiceChoice::Rpc, label)?;
     let session = daemon
-        .runtime()
+        .runtime_for(&target.peer)
         .open_rpc(&target.peer, &target.remote)
         .map_err(|e| e.to_string())?;
     let mut kv = KvStoreClient::new(session);

@@ -141,7 +141,7 @@ fn broken_configs_name_file_line_and_field() {
                 "address = \"198.18.0.1\"",
                 "address = \"198.18.0.1\"\nqueues = [{ queue = 0 }, { queue = 1 }]",
             ),
-            ":5: node.queues[1]: one datapath queue per node for now",
+            ":5: node.queues[1]: several queues need AF_XDP",
         ),
         (
             "missing-rom-file",

@@ -30,12 +30,13 @@ const KEY_AB: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbc
 const KEY_BC: &str = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
 const WRONG: &str = "0000000000000000000000000000000000000000000000000000000000000001";
 
-fn socket(name: &str) -> PathBuf {
-    support::socket_path(&format!("three-{name}"))
+/// Test `tag`'s control socket of daemon `name` (tests run in parallel).
+fn socket(tag: &str, name: &str) -> PathBuf {
+    support::socket_path(&format!("{tag}-{name}"))
 }
 
 /// A client host (A or C) with B as its only peer and routes to it.
-fn client(lan: &Lan, name: &str, n: usize, key: &str) -> String {
+fn client(tag: &str, lan: &Lan, name: &str, n: usize, key: &str, queues: &str) -> String {
     let host = &lan.hosts[n - 1];
     // A names B's MAC; C leaves it to the kernel's neighbour table.
     let mac = if name == "a" {
@@ -51,6 +52,7 @@ address = "{ip}"
 interface = "{interface}"
 transport = "xdp"
 control_socket = "{socket}"
+{queues}
 
 [[peer]]
 name = "b"
@@ -69,16 +71,17 @@ peer = "b"
 "#,
         ip = host.endpoint.ip,
         interface = host.interface,
-        socket = socket(name).display(),
+        socket = socket(tag, name).display(),
     )
 }
 
-/// B: exports `config` and `kv`; A may use both, C only with `grant_c`.
-fn server(lan: &Lan, file: &Path, grant_c: bool) -> String {
+/// B: exports `config` and `kv`; A may use both, the third host (`c`,
+/// at 198.18.0.3) only with `grant_c`; `queues` goes into `[node]`.
+fn server(tag: &str, lan: &Lan, file: &Path, c: &str, grant_c: bool, queues: &str) -> String {
     let c_policy = if grant_c {
-        "[[policy]]\npeer = \"c\"\nrpc = [\"kv\"]\nrom = [\"config\"]\n"
+        format!("[[policy]]\npeer = \"{c}\"\nrpc = [\"kv\"]\nrom = [\"config\"]\n")
     } else {
-        ""
+        String::new()
     };
     format!(
         r#"
@@ -88,6 +91,7 @@ address = "198.18.0.2"
 interface = "{interface}"
 transport = "xdp"
 control_socket = "{socket}"
+{queues}
 
 [[peer]]
 name = "a"
@@ -96,7 +100,7 @@ mac = "02:78:72:00:00:01"
 key = "{KEY_AB}"
 
 [[peer]]
-name = "c"
+name = "{c}"
 address = "198.18.0.3"
 mac = "02:78:72:00:00:03"
 key = "{KEY_BC}"
@@ -115,7 +119,7 @@ rpc = ["kv"]
 rom = ["config"]
 {c_policy}"#,
         interface = lan.hosts[1].interface,
-        socket = socket("b").display(),
+        socket = socket(tag, "b").display(),
         file = file.display(),
     )
 }
@@ -236,13 +240,14 @@ fn inject(switch: &str, port: &str, frame: Vec<u8>) {
 
 #[test]
 fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
-    let lan = Lan::new(3).expect("three hosts in namespaces (needs root)");
+    const TAG: &str = "three";
+    let lan = Lan::new(3, 1).expect("three hosts in namespaces (needs root)");
     let dir = support::dir();
     let first = dir.join("three-config-v1.txt");
     std::fs::write(&first, "level = 1\n").unwrap();
-    let path_b = write("three-b", &server(&lan, &first, false));
-    let path_a = write("three-a", &client(&lan, "a", 1, KEY_AB));
-    let path_c = write("three-c", &client(&lan, "c", 3, KEY_BC));
+    let path_b = write("three-b", &server(TAG, &lan, &first, "c", false, ""));
+    let path_a = write("three-a", &client(TAG, &lan, "a", 1, KEY_AB, ""));
+    let path_c = write("three-c", &client(TAG, &lan, "c", 3, KEY_BC, ""));
     let b = Daemon::start_in(lan.hosts[1].ns.name(), &path_b);
     let a = Daemon::start_in(lan.hosts[0].ns.name(), &path_a);
     let c = Daemon::start_in(lan.hosts[2].ns.name(), &path_c);
@@ -253,7 +258,7 @@ fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
     c.expect("peer b: Up");
     b.expect("peer a: Up");
     b.expect("peer c: Up");
-    let (sa, sb, sc) = (socket("a"), socket("b"), socket("c"));
+    let (sa, sb, sc) = (socket(TAG, "a"), socket(TAG, "b"), socket(TAG, "c"));
     // A frame of A's to B, captured on the switch now and sent again at
     // the end, after B's reload: the replay window outlives reloads.
     let (a_ip, b_ip) = ([198, 18, 0, 1], [198, 18, 0, 2]);
@@ -307,7 +312,7 @@ fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
         &sb,
         &["rom", "publish", "config", &big_file.display().to_string()],
     );
-    std::fs::write(&path_b, server(&lan, &first, true)).unwrap();
+    std::fs::write(&path_b, server(TAG, &lan, &first, "c", true, "")).unwrap();
     let notes = cli(&sb, &["reload"]);
     let reloaded = published.elapsed();
     assert!(notes.contains("keys, policy and routes applied"), "{notes}");
@@ -337,7 +342,7 @@ fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
     // C with a wrong key: its frames fail authentication at B, counted;
     // A is not disturbed.
     let before = counter(&stats(&sb), "c", "auth_failed");
-    std::fs::write(&path_c, client(&lan, "c", 3, WRONG)).unwrap();
+    std::fs::write(&path_c, client(TAG, &lan, "c", 3, WRONG, "")).unwrap();
     cli(&sc, &["reload"]);
     eventually("B counts C's frames as auth_failed", || {
         counter(&stats(&sb), "c", "auth_failed") > before + 3
@@ -363,4 +368,71 @@ fn policy_reload_wrong_keys_and_replays_between_three_hosts() {
     a.stop();
     b.stop();
     c.stop();
+}
+
+#[test]
+fn one_node_on_two_queues_serves_peers_owned_by_either() {
+    const TAG: &str = "queues";
+    let lan = Lan::new(3, 2).expect("three hosts in namespaces (needs root)");
+    let dir = support::dir();
+    let first = dir.join("queues-config.txt");
+    std::fs::write(&first, "queues = 2\n").unwrap();
+    // B serves queues 0 and 1, one pinned thread each. Of its peers, "a"
+    // belongs to queue 1 and "g" to queue 0 (`daemon::owner`).
+    let queues = "queues = [{ queue = 0, core = 0 }, { queue = 1, core = 1 }]";
+    let path_b = write("queues-b", &server(TAG, &lan, &first, "g", true, queues));
+    // Every host's interface has two queues, so every daemon serves both.
+    let path_a = write("queues-a", &client(TAG, &lan, "a", 1, KEY_AB, queues));
+    let path_g = write("queues-g", &client(TAG, &lan, "g", 3, KEY_BC, queues));
+    let b = Daemon::start_in(lan.hosts[1].ns.name(), &path_b);
+    let a = Daemon::start_in(lan.hosts[0].ns.name(), &path_a);
+    let g = Daemon::start_in(lan.hosts[2].ns.name(), &path_g);
+    b.expect("node \"b\" running on xdp at 198.18.0.2 (2 queues");
+    b.expect("AF_XDP queue 1:");
+    a.expect("peer b: Up");
+    g.expect("peer b: Up");
+    let (sa, sb, sg) = (socket(TAG, "a"), socket(TAG, "b"), socket(TAG, "g"));
+
+    // One store behind both queues; one module published on both.
+    cli(&sa, &["rpc", "call", "kv", "put", "seen-by", "a"]);
+    assert_eq!(cli(&sg, &["rpc", "call", "kv", "get", "seen-by"]), "a\n");
+    assert_eq!(cli(&sa, &["rom", "get", "config"]), "queues = 2\n");
+    let second = dir.join("queues-config-2.txt");
+    std::fs::write(&second, "queues = 2, version 2\n").unwrap();
+    cli(
+        &sb,
+        &["rom", "publish", "config", &second.display().to_string()],
+    );
+    for socket in [&sa, &sg] {
+        eventually("the new version on both peers", || {
+            cli(socket, &["rom", "get", "config"]) == "queues = 2, version 2\n"
+        });
+    }
+
+    // Each peer is reported once, by the queue that owns it; frames that
+    // arrived on the other queue were handed over, not lost.
+    let at_b = stats(&sb);
+    let queues = at_b["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 2, "{at_b}");
+    assert_eq!(peer(&at_b, "a")["queue"], 1, "{at_b}");
+    assert_eq!(peer(&at_b, "g")["queue"], 0, "{at_b}");
+    assert_eq!(at_b["peers"].as_array().unwrap().len(), 2);
+    for q in queues {
+        assert_eq!(q["handoff_dropped"], 0, "{at_b}");
+    }
+    let sent: u64 = queues
+        .iter()
+        .map(|q| q["handoff_sent"].as_u64().unwrap())
+        .sum();
+    let received: u64 = queues
+        .iter()
+        .map(|q| q["handoff_received"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, received, "{at_b}");
+    assert_eq!(at_b["drops"]["unknown_peer"], 0, "{at_b}");
+    eprintln!("queues of b: {}", at_b["queues"]);
+
+    a.stop();
+    g.stop();
+    b.stop();
 }

@@ -221,8 +221,10 @@ pub struct Lan {
 }
 
 impl Lan {
-    /// Builds a segment of `hosts` hosts (1 to 250).
-    pub fn new(hosts: u8) -> Result<Lan, NetnsError> {
+    /// Builds a segment of `hosts` hosts (1 to 250), each veth end with
+    /// `queues` channels.
+    pub fn new(hosts: u8, queues: u32) -> Result<Lan, NetnsError> {
+        let queues = queues.max(1).to_string();
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let switch = Namespace::create(&format!("xr{pid}l{k}s"))?;
@@ -242,6 +244,10 @@ impl Lan {
                 "link",
                 "add",
                 &name,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
                 "netns",
                 ns.name(),
                 "type",
@@ -249,6 +255,10 @@ impl Lan {
                 "peer",
                 "name",
                 &port,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
                 "netns",
                 lan.switch.name(),
             ])?;

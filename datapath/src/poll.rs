@@ -8,6 +8,7 @@
 use crate::node::Node;
 use crate::time::Instant;
 use crate::transport::{Transport, TransportError};
+use crate::wire::encap::Endpoint;
 
 /// How much one iteration may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +50,24 @@ pub fn poll_once<T: Transport + ?Sized>(
     now: Instant,
     budget: Budget,
 ) -> Result<Work, TransportError> {
+    poll_once_with(node, link, now, budget, &mut |_, _| false)
+}
+
+/// Like [`poll_once`], but a frame from an address that is no peer of
+/// `node` is first offered to `elsewhere` (which returns whether it took
+/// it: another queue's node owns that peer); frames nobody takes are
+/// counted as from an unknown peer.
+pub fn poll_once_with<T: Transport + ?Sized>(
+    node: &mut Node,
+    link: &mut T,
+    now: Instant,
+    budget: Budget,
+    elsewhere: &mut dyn FnMut(Endpoint, &[u8]) -> bool,
+) -> Result<Work, TransportError> {
     let received = link.recv(now, budget.rx, &mut |from, bytes| {
-        node.handle_datagram(now, from, bytes);
+        if !node.handle_known(now, from, bytes) && !elsewhere(from, bytes) {
+            node.unknown_frame();
+        }
     })?;
     let mut sent = 0;
     let mut full = 0;

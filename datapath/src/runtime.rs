@@ -21,11 +21,18 @@
 //! When idle the thread spins briefly, then parks for at most
 //! [`RuntimeConfig::idle_park`] or until its next timer; `idle_park` of
 //! zero busy-polls.
+//!
+//! Several queues of one interface serve one node identity with one
+//! runtime each, joined by a [`Handoff`] group: every peer is owned by one
+//! queue, whose node holds all of its state; a frame that arrives on
+//! another queue (the NIC steered the peer's flow elsewhere) is copied to
+//! the owner, and counted.
 
 use core::time::Duration;
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -70,6 +77,91 @@ pub struct RuntimeConfig {
     /// export before [`Runtime::set_policy`] or [`Runtime::reconfigure`]
     /// grants it (daemons, whose exports and policy come after the start).
     pub deny_all: bool,
+    /// This runtime's place in a group of queues serving one node identity.
+    pub handoff: Option<Handoff>,
+}
+
+/// A frame on its way to the queue that owns its peer.
+type Diverted = (Endpoint, Vec<u8>);
+
+/// One queue's link to the other queues of its group (see the module
+/// documentation).
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    index: usize,
+    owners: Arc<RwLock<HashMap<(Ipv4Addr, u16), usize>>>,
+    outboxes: Vec<Sender<Diverted>>,
+    inbox: Receiver<Diverted>,
+    threads: Arc<Vec<OnceLock<std::thread::Thread>>>,
+}
+
+impl Handoff {
+    /// Frames waiting per queue before more are dropped (and counted).
+    pub const CAPACITY: usize = 4096;
+
+    /// The handoffs of a group of `queues` queues, one per queue in order.
+    pub fn group(queues: usize) -> Vec<Handoff> {
+        let owners = Arc::new(RwLock::new(HashMap::new()));
+        let threads = Arc::new((0..queues).map(|_| OnceLock::new()).collect::<Vec<_>>());
+        let (outboxes, inboxes): (Vec<_>, Vec<_>) = (0..queues)
+            .map(|_| crossbeam_channel::bounded(Self::CAPACITY))
+            .unzip();
+        inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(index, inbox)| Handoff {
+                index,
+                owners: Arc::clone(&owners),
+                outboxes: outboxes.clone(),
+                inbox,
+                threads: Arc::clone(&threads),
+            })
+            .collect()
+    }
+
+    /// Records that queue `queue` owns the peer at `endpoint` (for the
+    /// whole group).
+    pub fn assign(&self, endpoint: &Endpoint, queue: usize) {
+        self.owners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((endpoint.ip, endpoint.port), queue);
+    }
+
+    /// Passes a frame from a peer this queue does not own to the owner;
+    /// `false` if no queue of the group owns it.
+    fn divert(&self, from: Endpoint, bytes: &[u8], counters: &mut HandoffCounters) -> bool {
+        let owner = self
+            .owners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(from.ip, from.port))
+            .copied();
+        let Some(owner) = owner.filter(|&q| q != self.index) else {
+            return false;
+        };
+        match self.outboxes[owner].try_send((from, bytes.to_vec())) {
+            Ok(()) => {
+                counters.sent += 1;
+                if let Some(thread) = self.threads[owner].get() {
+                    thread.unpark();
+                }
+            }
+            Err(_) => counters.dropped += 1,
+        }
+        true
+    }
+}
+
+/// Frames passed between the queues of a [`Handoff`] group, seen from one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandoffCounters {
+    /// Frames this queue received for another queue's peer and passed on.
+    pub sent: u64,
+    /// Of those, dropped because the owner's inbox was full.
+    pub dropped: u64,
+    /// Frames other queues passed to this one.
+    pub received: u64,
 }
 
 impl RuntimeConfig {
@@ -86,6 +178,7 @@ impl RuntimeConfig {
             log_peers: false,
             keys: Vec::new(),
             deny_all: false,
+            handoff: None,
         }
     }
 }
@@ -97,6 +190,8 @@ pub struct Report {
     pub node: NodeStats,
     /// The transport's counters (its one queue).
     pub transport: TransportCounters,
+    /// Frames passed to and from the other queues of its group.
+    pub handoff: HandoffCounters,
     /// Each peer's counters and latency.
     pub peers: Vec<PeerReport>,
 }
@@ -207,6 +302,7 @@ struct Driver {
     node: Node,
     /// The transport's counters as of the last batch of commands.
     transport: TransportCounters,
+    handoff: HandoffCounters,
     log_peers: bool,
     calls: HashMap<(SessionId, u64), Sender<CallResult>>,
     opens: HashMap<SessionId, Sender<Result<(), CloseCause>>>,
@@ -432,6 +528,7 @@ impl Runtime {
                         Driver {
                             node,
                             transport: counters,
+                            handoff: HandoffCounters::default(),
                             log_peers: config.log_peers,
                             calls: HashMap::new(),
                             opens: HashMap::new(),
@@ -509,6 +606,23 @@ impl Runtime {
             Ok::<_, NodeError>(())
         })??;
         Ok(SignalHandler { shared })
+    }
+
+    /// Serves signal receivers labelled `label` whose signals wake
+    /// `handler` (another runtime's: one handler for the queues of a group).
+    pub fn export_signal_to(
+        &self,
+        label: &str,
+        handler: &SignalHandler,
+    ) -> Result<(), RuntimeError> {
+        let label = label.to_owned();
+        let shared = Arc::clone(&handler.shared);
+        self.inner.request(move |driver, _| {
+            let export = driver.node.export_signal(&label)?;
+            driver.signals.insert(export, shared);
+            Ok::<_, NodeError>(())
+        })??;
+        Ok(())
     }
 
     /// Publishes a ROM module labelled `label` (empty until the first
@@ -643,6 +757,7 @@ impl Runtime {
         self.inner.request(|driver, _| Report {
             node: driver.node.stats(),
             transport: driver.transport,
+            handoff: driver.handoff,
             peers: driver
                 .node
                 .peer_ids()
@@ -740,6 +855,10 @@ fn run<T: Transport>(
 ) -> Result<NodeStats, TransportError> {
     const SPINS_BEFORE_PARK: u32 = 64;
     const MAX_COMMANDS_PER_ITERATION: usize = 256;
+    if let Some(handoff) = &config.handoff {
+        // Other queues wake this thread when they pass it a frame.
+        let _ = handoff.threads[handoff.index].set(std::thread::current());
+    }
     let mut idle = 0u32;
     while !inner.stop.load(Ordering::Acquire) {
         let mut busy = false;
@@ -753,15 +872,32 @@ fn run<T: Transport>(
             command(&mut driver, now);
             busy = true;
         }
-        let work = crate::poll::poll_once(
-            &mut driver.node,
-            &mut transport,
-            now,
-            crate::poll::Budget {
-                rx: config.recv_budget,
-                ..crate::poll::Budget::default()
-            },
-        )?;
+        let budget = crate::poll::Budget {
+            rx: config.recv_budget,
+            ..crate::poll::Budget::default()
+        };
+        let work = match &config.handoff {
+            None => crate::poll::poll_once(&mut driver.node, &mut transport, now, budget)?,
+            Some(handoff) => {
+                for (from, bytes) in handoff.inbox.try_iter().take(config.recv_budget) {
+                    driver.node.handle_datagram(now, from, &bytes);
+                    driver.handoff.received += 1;
+                    busy = true;
+                }
+                let Driver {
+                    node,
+                    handoff: counters,
+                    ..
+                } = &mut driver;
+                crate::poll::poll_once_with(
+                    node,
+                    &mut transport,
+                    now,
+                    budget,
+                    &mut |from, bytes| handoff.divert(from, bytes, counters),
+                )?
+            }
+        };
         busy |= work.is_busy();
         driver.handle_events();
         if busy {

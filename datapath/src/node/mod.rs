@@ -286,6 +286,55 @@ pub struct NodeStats {
     pub reply_too_large: u64,
 }
 
+impl core::ops::AddAssign for NodeStats {
+    /// Sums the counters of several nodes (the queues of one daemon).
+    fn add_assign(&mut self, other: NodeStats) {
+        // Destructured, so that a new counter cannot be forgotten here.
+        let NodeStats {
+            frames_received,
+            frames_sent,
+            unknown_peer,
+            malformed,
+            bad_version,
+            unknown_kind,
+            unauthenticated,
+            auth_failed,
+            replayed,
+            unknown_session,
+            wrong_service,
+            refused_opens,
+            refused_reopens,
+            policy_denied,
+            revoked,
+            control_queue_full,
+            too_many_contexts,
+            rpc_dropped,
+            rom_dropped,
+            reply_too_large,
+        } = other;
+        self.frames_received += frames_received;
+        self.frames_sent += frames_sent;
+        self.unknown_peer += unknown_peer;
+        self.malformed += malformed;
+        self.bad_version += bad_version;
+        self.unknown_kind += unknown_kind;
+        self.unauthenticated += unauthenticated;
+        self.auth_failed += auth_failed;
+        self.replayed += replayed;
+        self.unknown_session += unknown_session;
+        self.wrong_service += wrong_service;
+        self.refused_opens += refused_opens;
+        self.refused_reopens += refused_reopens;
+        self.policy_denied += policy_denied;
+        self.revoked += revoked;
+        self.control_queue_full += control_queue_full;
+        self.too_many_contexts += too_many_contexts;
+        self.rpc_dropped += rpc_dropped;
+        self.rom_dropped += rom_dropped;
+        self.reply_too_large += reply_too_large;
+    }
+}
+
 enum Export {
     Rpc(Box<dyn Dispatch + Send>),
     Signal,
@@ -921,15 +970,35 @@ impl Node {
 
     /// Takes one received relay frame from `from` into account.
     pub fn handle_datagram(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) {
+        if !self.handle_known(now, from, bytes) {
+            self.unknown_frame();
+        }
+    }
+
+    /// Counts a received frame from an address that is no peer of this
+    /// node (what [`Node::handle_datagram`] does with one).
+    pub fn unknown_frame(&mut self) {
         self.stats.frames_received += 1;
+        self.stats.unknown_peer += 1;
+    }
+
+    /// Like [`Node::handle_datagram`], but a frame from an address that is
+    /// no peer of this node is left to the caller: returns `false` and
+    /// counts nothing (another queue's node may own that peer).
+    pub fn handle_known(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) -> bool {
         let Some(p) = self
             .peers
             .iter()
             .position(|p| same_address(&p.endpoint, &from))
         else {
-            self.stats.unknown_peer += 1;
-            return;
+            return false;
         };
+        self.stats.frames_received += 1;
+        self.handle_from(now, p, bytes);
+        true
+    }
+
+    fn handle_from(&mut self, now: Instant, p: usize, bytes: &[u8]) {
         let (frame, frame_len) = match Frame::parse(bytes) {
             Ok(parsed) => parsed,
             Err(error) => {
