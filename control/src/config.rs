@@ -560,12 +560,23 @@ impl Checker<'_> {
                         );
                     }
                     (ServiceChoice::Rom, None, Some(file)) => {
-                        if let Err(e) = std::fs::File::open(file.get_ref()) {
-                            self.error(
+                        let limit = xrelay_datapath::wire::rom::MAX_ROM_SIZE;
+                        match std::fs::File::open(file.get_ref()).and_then(|f| f.metadata()) {
+                            Err(e) => self.error(
                                 file,
                                 format!("export.{key}[{i}].file"),
                                 format!("{}: {e}", file.get_ref()),
-                            );
+                            ),
+                            Ok(meta) if meta.len() > limit => self.error(
+                                file,
+                                format!("export.{key}[{i}].file"),
+                                format!(
+                                    "{}: {} bytes is more than a ROM module holds ({limit})",
+                                    file.get_ref(),
+                                    meta.len()
+                                ),
+                            ),
+                            Ok(_) => {}
                         }
                     }
                     (ServiceChoice::Rom | ServiceChoice::Signal, None, None) => {}

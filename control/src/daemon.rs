@@ -29,6 +29,7 @@ use xrelay_datapath::transport::xdp::{
 use xrelay_datapath::transport::TransportError;
 use xrelay_datapath::wire::encap::{Encapsulation, Endpoint, DEFAULT_UDP_PORT};
 use xrelay_datapath::wire::ethernet::{EthernetAddress, ETHERTYPE_RELAY};
+use xrelay_datapath::wire::rom::MAX_ROM_SIZE;
 use xrelay_datapath::wire::session::Service;
 
 use crate::config::{
@@ -410,6 +411,8 @@ pub struct Daemon {
     registered: Mutex<Registered>,
     /// Each module's publisher on every queue.
     roms: Mutex<HashMap<String, Arc<Vec<RomPublisher>>>>,
+    /// Held while a version goes to every queue.
+    publishing: Mutex<()>,
     signals: Mutex<HashMap<String, SignalHandler>>,
     /// The control plane's counters.
     pub counters: ControlCounters,
@@ -434,6 +437,7 @@ impl Daemon {
                 exports: BTreeMap::new(),
             }),
             roms: Mutex::new(HashMap::new()),
+            publishing: Mutex::new(()),
             signals: Mutex::new(HashMap::new()),
             counters: ControlCounters::default(),
         };
@@ -450,13 +454,13 @@ impl Daemon {
         &self.queues
     }
 
-    /// Every queue's report, with its NIC queue.
-    pub fn reports(&self) -> Result<Vec<(u32, Report)>, String> {
+    /// Every queue's report, with its NIC queue (or why it has none: its
+    /// datapath stopped).
+    pub fn reports(&self) -> Vec<(u32, Result<Report, String>)> {
         self.queues
             .iter()
-            .map(|q| q.runtime.report().map(|r| (q.queue, r)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())
+            .map(|q| (q.queue, q.runtime.report().map_err(|e| e.to_string())))
+            .collect()
     }
 
     /// The queue that owns peer `peer`.
@@ -557,6 +561,12 @@ impl Daemon {
             let known = registered.exports.get(&(ServiceChoice::Rom, label.clone()));
             if let Some(path) = file.as_ref().filter(|_| known != Some(&file)) {
                 let content = std::fs::read(path).map_err(|e| vec![format!("{path}: {e}")])?;
+                if content.len() as u64 > MAX_ROM_SIZE {
+                    return Err(vec![format!(
+                        "{path}: {} bytes is more than a ROM module holds ({MAX_ROM_SIZE})",
+                        content.len()
+                    )]);
+                }
                 contents.push((label.clone(), file.clone(), content));
             }
         }
@@ -636,11 +646,12 @@ impl Daemon {
             .into_iter()
             .filter(|(peer, _, _)| usable.contains(peer))
             .collect();
-        for (index, queue) in self.queues.iter().enumerate() {
+        let mut changes = Vec::new();
+        for index in 0..self.queues.len() {
             let owned = |name: &String| self.owner(name) == index;
             let (mine, rest) = new_keys.into_iter().partition(|(name, _)| owned(name));
             new_keys = rest;
-            let change = Reconfiguration {
+            changes.push(Reconfiguration {
                 add_peers: add_peers
                     .iter()
                     .filter(|(n, _)| owned(n))
@@ -654,7 +665,16 @@ impl Daemon {
                         .cloned()
                         .collect(),
                 ),
-            };
+            });
+        }
+        // Every queue checks its part before any applies.
+        for (queue, change) in self.queues.iter().zip(&changes) {
+            queue
+                .runtime
+                .check_reconfigure(change)
+                .map_err(|e| vec![format!("queue {}: {e}", queue.queue)])?;
+        }
+        for (queue, change) in self.queues.iter().zip(changes) {
             queue
                 .runtime
                 .reconfigure(change)
@@ -713,18 +733,29 @@ impl Daemon {
     /// Publishes `content` as the newest version of exported ROM module
     /// `name`; returns the version.
     pub fn publish(&self, name: &str, content: Vec<u8>) -> Result<u64, String> {
+        if content.len() as u64 > MAX_ROM_SIZE {
+            return Err(format!(
+                "{} bytes is more than a ROM module holds ({MAX_ROM_SIZE})",
+                content.len()
+            ));
+        }
         let publishers = lock(&self.roms)
             .get(name)
             .cloned()
             .ok_or_else(|| format!("this node exports no ROM module {name:?}"))?;
-        // Every queue serves the module to the peers it owns.
+        // Every queue serves the module to the peers it owns. One publish
+        // at a time across all of them, so that every queue has the same
+        // content under the same version.
+        let _in_order = lock(&self.publishing);
+        let hash = *blake3::hash(&content).as_bytes();
         let (last, others) = publishers.split_last().ok_or("no queue")?;
         for publisher in others {
             publisher
-                .publish(content.clone())
+                .publish_hashed(content.clone(), hash)
                 .map_err(|e| e.to_string())?;
         }
-        last.publish(content).map_err(|e| e.to_string())
+        last.publish_hashed(content, hash)
+            .map_err(|e| e.to_string())
     }
 
     /// The handler of exported signal context `name`.

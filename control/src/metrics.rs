@@ -33,19 +33,14 @@ impl MetricsServer {
                         continue;
                     };
                     let response = if request.url() == "/metrics" {
-                        match daemon.reports() {
-                            Ok(reports) => {
-                                let body = exposition(&stats_json(&daemon, &reports));
-                                let response = tiny_http::Response::from_string(body);
-                                match tiny_http::Header::from_bytes(
-                                    &b"Content-Type"[..],
-                                    &b"text/plain; version=0.0.4"[..],
-                                ) {
-                                    Ok(header) => response.with_header(header),
-                                    Err(()) => response,
-                                }
-                            }
-                            Err(e) => tiny_http::Response::from_string(e).with_status_code(503),
+                        let body = exposition(&stats_json(&daemon, &daemon.reports()));
+                        let response = tiny_http::Response::from_string(body);
+                        match tiny_http::Header::from_bytes(
+                            &b"Content-Type"[..],
+                            &b"text/plain; version=0.0.4"[..],
+                        ) {
+                            Ok(header) => response.with_header(header),
+                            Err(()) => response,
                         }
                     } else {
                         tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
@@ -135,6 +130,9 @@ pub fn exposition(stats: &Value) -> String {
         "send_stalls",
         "send_errors",
         "wakeups",
+        "handoff_sent",
+        "handoff_dropped",
+        "handoff_received",
     ] {
         let samples: Vec<(String, u64)> = queues
             .iter()

@@ -70,12 +70,19 @@ fn latency_json(summary: &LatencySummary) -> Value {
 /// (summed over the queues), sessions, the control plane's own, each
 /// queue's transport and handoff counters, and each peer's counters and
 /// latency percentiles (from the queue that owns it).
-pub fn stats_json(daemon: &Daemon, reports: &[(u32, Report)]) -> Value {
+pub fn stats_json(daemon: &Daemon, all: &[(u32, Result<Report, String>)]) -> Value {
+    let reports: Vec<(u32, &Report)> = all
+        .iter()
+        .filter_map(|(queue, report)| Some((*queue, report.as_ref().ok()?)))
+        .collect();
     let mut stats = NodeStats::default();
-    for (_, report) in reports {
+    for (_, report) in &reports {
         stats += report.node;
     }
     let control = &daemon.counters;
+    let stopped = all.iter().filter_map(|(queue, report)| {
+        Some(json!({"queue": queue, "error": report.as_ref().err()?}))
+    });
     let queues: Vec<Value> = reports
         .iter()
         .map(|(queue, report)| {
@@ -95,10 +102,11 @@ pub fn stats_json(daemon: &Daemon, reports: &[(u32, Report)]) -> Value {
                 "peers": report.peers.len(),
             })
         })
+        .chain(stopped)
         .collect();
     let peers: Vec<Value> = reports
         .iter()
-        .flat_map(|(queue, report)| report.peers.iter().map(move |peer| (queue, peer)))
+        .flat_map(|(queue, report)| report.peers.iter().map(move |peer| (*queue, peer)))
         .map(|(queue, peer)| {
             let c = &peer.counters;
             json!({
@@ -327,7 +335,7 @@ fn serve(stream: &UnixStream, daemon: &Daemon, stop: &AtomicBool) {
     let number = |key: &str| request.get(key).and_then(Value::as_u64);
     let timeout = number("timeout_ms").map(Duration::from_millis);
     let answer: Answer = match text("command").unwrap_or("") {
-        "stats" => daemon.reports().map(|reports| stats_json(daemon, &reports)),
+        "stats" => Ok(stats_json(daemon, &daemon.reports())),
         "reload" => match daemon.reload() {
             Ok(notes) => {
                 eprintln!(

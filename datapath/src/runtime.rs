@@ -81,23 +81,55 @@ pub struct RuntimeConfig {
     pub handoff: Option<Handoff>,
 }
 
-/// A frame on its way to the queue that owns its peer.
-type Diverted = (Endpoint, Vec<u8>);
+/// A frame on its way to the queue that owns its peer: sender, bytes in
+/// a pooled buffer, and the queue whose pool the buffer goes back to.
+type Diverted = (Endpoint, Vec<u8>, usize);
+
+/// A queue's free buffers for handed-off frames: where they go back, and
+/// where they are taken from.
+type Pool = (Sender<Vec<u8>>, Receiver<Vec<u8>>);
+
+/// How a peer is found: by IP address and port, or (raw Ethernet, where a
+/// frame carries no IP) by MAC, as the node matches peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum OwnerKey {
+    Ip(Ipv4Addr, u16),
+    Mac([u8; 6]),
+}
+
+impl OwnerKey {
+    fn of(endpoint: &Endpoint) -> OwnerKey {
+        if endpoint.ip.is_unspecified() {
+            OwnerKey::Mac(endpoint.mac.0)
+        } else {
+            OwnerKey::Ip(endpoint.ip, endpoint.port)
+        }
+    }
+}
 
 /// One queue's link to the other queues of its group (see the module
 /// documentation).
 #[derive(Debug, Clone)]
 pub struct Handoff {
     index: usize,
-    owners: Arc<RwLock<HashMap<(Ipv4Addr, u16), usize>>>,
+    owners: Arc<RwLock<HashMap<OwnerKey, usize>>>,
     outboxes: Vec<Sender<Diverted>>,
     inbox: Receiver<Diverted>,
+    /// Each queue's free buffers (allocated at start): a diverted frame
+    /// travels in one of its sender's and goes back after.
+    pools: Vec<Pool>,
     threads: Arc<Vec<OnceLock<std::thread::Thread>>>,
 }
 
 impl Handoff {
     /// Frames waiting per queue before more are dropped (and counted).
     pub const CAPACITY: usize = 4096;
+
+    /// Buffers per queue for frames on their way to another queue.
+    pub const BUFFERS: usize = 1024;
+
+    /// Bytes per buffer: the largest frame any transport carries here.
+    const BUFFER_LEN: usize = 2048;
 
     /// The handoffs of a group of `queues` queues, one per queue in order.
     pub fn group(queues: usize) -> Vec<Handoff> {
@@ -106,6 +138,15 @@ impl Handoff {
         let (outboxes, inboxes): (Vec<_>, Vec<_>) = (0..queues)
             .map(|_| crossbeam_channel::bounded(Self::CAPACITY))
             .unzip();
+        let pools: Vec<Pool> = (0..queues)
+            .map(|_| {
+                let (give, take) = crossbeam_channel::bounded(Self::BUFFERS);
+                for _ in 0..Self::BUFFERS {
+                    let _ = give.try_send(Vec::with_capacity(Self::BUFFER_LEN));
+                }
+                (give, take)
+            })
+            .collect();
         inboxes
             .into_iter()
             .enumerate()
@@ -114,6 +155,7 @@ impl Handoff {
                 owners: Arc::clone(&owners),
                 outboxes: outboxes.clone(),
                 inbox,
+                pools: pools.clone(),
                 threads: Arc::clone(&threads),
             })
             .collect()
@@ -122,10 +164,20 @@ impl Handoff {
     /// Records that queue `queue` owns the peer at `endpoint` (for the
     /// whole group).
     pub fn assign(&self, endpoint: &Endpoint, queue: usize) {
-        self.owners
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((endpoint.ip, endpoint.port), queue);
+        let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
+        owners.insert(OwnerKey::of(endpoint), queue);
+        // Raw Ethernet frames name their sender by MAC only.
+        if endpoint.mac.0 != [0; 6] {
+            owners.insert(OwnerKey::Mac(endpoint.mac.0), queue);
+        }
+    }
+
+    /// Gives a handled frame's buffer back to the queue it came from.
+    fn recycle(&self, mut buffer: Vec<u8>, origin: usize) {
+        buffer.clear();
+        if let Some((give, _)) = self.pools.get(origin) {
+            let _ = give.try_send(buffer);
+        }
     }
 
     /// Passes a frame from a peer this queue does not own to the owner;
@@ -135,19 +187,29 @@ impl Handoff {
             .owners
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(from.ip, from.port))
+            .get(&OwnerKey::of(&from))
             .copied();
         let Some(owner) = owner.filter(|&q| q != self.index) else {
             return false;
         };
-        match self.outboxes[owner].try_send((from, bytes.to_vec())) {
+        // A pooled buffer: no allocation per frame.
+        let Ok(mut buffer) = self.pools[self.index].1.try_recv() else {
+            counters.dropped += 1;
+            return true;
+        };
+        buffer.extend_from_slice(bytes);
+        match self.outboxes[owner].try_send((from, buffer, self.index)) {
             Ok(()) => {
                 counters.sent += 1;
                 if let Some(thread) = self.threads[owner].get() {
                     thread.unpark();
                 }
             }
-            Err(_) => counters.dropped += 1,
+            Err(error) => {
+                counters.dropped += 1;
+                let (_, buffer, _) = error.into_inner();
+                self.recycle(buffer, self.index);
+            }
         }
         true
     }
@@ -158,7 +220,8 @@ impl Handoff {
 pub struct HandoffCounters {
     /// Frames this queue received for another queue's peer and passed on.
     pub sent: u64,
-    /// Of those, dropped because the owner's inbox was full.
+    /// Frames for another queue dropped: its inbox was full, or this
+    /// queue's buffers were all on their way.
     pub dropped: u64,
     /// Frames other queues passed to this one.
     pub received: u64,
@@ -262,7 +325,9 @@ struct SignalShared {
 #[derive(Debug, Default)]
 struct SignalState {
     pending: u64,
-    /// The datapath thread has ended: nothing more will arrive.
+    /// Datapath threads delivering to this handler (several queues may).
+    drivers: usize,
+    /// Every one of them has ended: nothing more will arrive.
     stopped: bool,
 }
 
@@ -362,8 +427,12 @@ impl Drop for Driver {
     /// handle that waits, so none blocks for ever.
     fn drop(&mut self) {
         for shared in self.signals.values() {
-            lock(&shared.state).stopped = true;
-            shared.arrived.notify_all();
+            let mut state = lock(&shared.state);
+            state.drivers = state.drivers.saturating_sub(1);
+            if state.drivers == 0 {
+                state.stopped = true;
+                shared.arrived.notify_all();
+            }
         }
         for shared in self.roms.values() {
             lock(&shared.state).stopped = true;
@@ -602,6 +671,7 @@ impl Runtime {
         let theirs = Arc::clone(&shared);
         self.inner.request(move |driver, _| {
             let export = driver.node.export_signal(&label)?;
+            lock(&theirs.state).drivers += 1;
             driver.signals.insert(export, theirs);
             Ok::<_, NodeError>(())
         })??;
@@ -619,6 +689,7 @@ impl Runtime {
         let shared = Arc::clone(&handler.shared);
         self.inner.request(move |driver, _| {
             let export = driver.node.export_signal(&label)?;
+            lock(&shared.state).drivers += 1;
             driver.signals.insert(export, shared);
             Ok::<_, NodeError>(())
         })??;
@@ -766,38 +837,30 @@ impl Runtime {
         })
     }
 
+    /// Whether [`Runtime::reconfigure`] would accept `change`, without
+    /// applying it (several queues check all before any applies).
+    pub fn check_reconfigure(&self, change: &Reconfiguration) -> Result<(), RuntimeError> {
+        let peers = change.add_peers.clone();
+        let keyed: Vec<String> = change.keys.iter().map(|(n, _)| n.clone()).collect();
+        let policy = change.policy.clone();
+        self.inner.request(move |driver, _| {
+            let probe = Reconfiguration {
+                add_peers: peers,
+                keys: Vec::new(),
+                policy,
+            };
+            validate(&driver.node, &probe, &keyed)
+        })?
+    }
+
     /// Applies `change` as one step between two batches of the datapath:
     /// no frame is handled under half of it. Everything is checked
     /// first; on an error nothing changes.
     pub fn reconfigure(&self, change: Reconfiguration) -> Result<(), RuntimeError> {
         self.inner.request(move |driver, now| {
+            let keyed: Vec<String> = change.keys.iter().map(|(n, _)| n.clone()).collect();
+            validate(&driver.node, &change, &keyed)?;
             let node = &mut driver.node;
-            for (i, (name, endpoint)) in change.add_peers.iter().enumerate() {
-                let clash = node.peer(name).is_some()
-                    || node.peer_by_address(endpoint).is_some()
-                    || change.add_peers[..i]
-                        .iter()
-                        .any(|(n, e)| n == name || (e.ip, e.port) == (endpoint.ip, endpoint.port));
-                if clash {
-                    return Err(RuntimeError::Node(NodeError::DuplicatePeer(name.clone())));
-                }
-            }
-            let known = |name: &str| {
-                node.peer(name).is_some() || change.add_peers.iter().any(|(n, _)| n == name)
-            };
-            if let Some((name, _)) = change.keys.iter().find(|(name, _)| !known(name)) {
-                return Err(RuntimeError::UnknownPeer(name.clone()));
-            }
-            if let Some(allowed) = &change.policy {
-                for (peer, service, label) in allowed {
-                    if !known(peer) {
-                        return Err(RuntimeError::UnknownPeer(peer.clone()));
-                    }
-                    if node.export_id(*service, label).is_none() {
-                        return Err(RuntimeError::Node(NodeError::Unknown("export")));
-                    }
-                }
-            }
             for (name, endpoint) in &change.add_peers {
                 node.add_peer(now, name, *endpoint)?;
             }
@@ -845,6 +908,38 @@ impl Drop for Runtime {
     }
 }
 
+/// Checks `change` (with keys for the peers named `keyed`) against
+/// `node`: new peers clash with no peer, keys and policy name known peers
+/// and exports.
+fn validate(node: &Node, change: &Reconfiguration, keyed: &[String]) -> Result<(), RuntimeError> {
+    for (i, (name, endpoint)) in change.add_peers.iter().enumerate() {
+        let clash = node.peer(name).is_some()
+            || node.peer_by_address(endpoint).is_some()
+            || change.add_peers[..i]
+                .iter()
+                .any(|(n, e)| n == name || (e.ip, e.port) == (endpoint.ip, endpoint.port));
+        if clash {
+            return Err(RuntimeError::Node(NodeError::DuplicatePeer(name.clone())));
+        }
+    }
+    let known =
+        |name: &str| node.peer(name).is_some() || change.add_peers.iter().any(|(n, _)| n == name);
+    if let Some(name) = keyed.iter().find(|name| !known(name)) {
+        return Err(RuntimeError::UnknownPeer(name.clone()));
+    }
+    if let Some(allowed) = &change.policy {
+        for (peer, service, label) in allowed {
+            if !known(peer) {
+                return Err(RuntimeError::UnknownPeer(peer.clone()));
+            }
+            if node.export_id(*service, label).is_none() {
+                return Err(RuntimeError::Node(NodeError::Unknown("export")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The datapath loop.
 fn run<T: Transport>(
     mut transport: T,
@@ -879,8 +974,9 @@ fn run<T: Transport>(
         let work = match &config.handoff {
             None => crate::poll::poll_once(&mut driver.node, &mut transport, now, budget)?,
             Some(handoff) => {
-                for (from, bytes) in handoff.inbox.try_iter().take(config.recv_budget) {
+                for (from, bytes, origin) in handoff.inbox.try_iter().take(config.recv_budget) {
                     driver.node.handle_datagram(now, from, &bytes);
+                    handoff.recycle(bytes, origin);
                     driver.handoff.received += 1;
                     busy = true;
                 }
@@ -1115,8 +1211,14 @@ impl RomPublisher {
     /// Makes `content` the module's newest version; returns the version.
     /// The content is hashed on the calling thread, not the datapath's.
     pub fn publish(&self, content: Vec<u8>) -> Result<u64, RuntimeError> {
-        let module = self.module;
         let hash = *blake3::hash(&content).as_bytes();
+        self.publish_hashed(content, hash)
+    }
+
+    /// Like [`RomPublisher::publish`] with the content's BLAKE3 hash
+    /// already computed (one module published on several queues).
+    pub fn publish_hashed(&self, content: Vec<u8>, hash: [u8; 32]) -> Result<u64, RuntimeError> {
+        let module = self.module;
         Ok(self.inner.request(move |driver, now| {
             driver
                 .node

@@ -453,3 +453,99 @@ fn busy_polling_sockets_carry_traffic() {
         .unwrap();
     kv_round(&a, "b", "k", 30);
 }
+
+#[test]
+fn reflect_sends_relay_frames_back_from_the_frames_they_arrived_in() {
+    use xrelay_datapath::wire::signal::Signal;
+    use xrelay_datapath::wire::{Flags, Frame, Message};
+    let pair = topology();
+    let ns_b = pair.b.ns.name().to_owned();
+    let (interface, ip) = (pair.b.interface.clone(), pair.b.endpoint.ip);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reflector = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            netns::enter(&ns_b).unwrap();
+            let mut link = XdpTransport::new(XdpConfig::new(&interface, ip))
+                .expect("an AF_XDP socket (needs root)");
+            ready_tx.send(()).unwrap();
+            let clock = xrelay_datapath::time::MonotonicClock::new();
+            let mut reflected = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                reflected += link.reflect(clock.now(), 64).unwrap();
+            }
+            (reflected, link.stats())
+        })
+    };
+    ready_rx.recv().unwrap();
+    let ns_a = pair.a.ns.name().to_owned();
+    let echoed = std::thread::spawn(move || {
+        netns::enter(&ns_a).unwrap();
+        let socket = UdpSocket::bind(("198.18.0.1", DEFAULT_UDP_PORT)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let mut echoed = 0;
+        for n in 1..=200u64 {
+            let frame = Frame {
+                flags: Flags::NONE,
+                channel: 1,
+                sequence: n,
+                message: Message::Signal(Signal {
+                    context: 7,
+                    count: n,
+                }),
+            };
+            let mut bytes = vec![0u8; frame.buffer_len()];
+            frame.emit(&mut bytes);
+            socket
+                .send_to(&bytes, ("198.18.0.2", DEFAULT_UDP_PORT))
+                .unwrap();
+            let (len, from) = socket.recv_from(&mut buf).expect("the echo");
+            assert_eq!(from.to_string(), format!("198.18.0.2:{DEFAULT_UDP_PORT}"));
+            assert_eq!(&buf[..len], &bytes[..], "frame {n} came back changed");
+            echoed += 1;
+        }
+        echoed
+    })
+    .join()
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reflected, stats) = reflector.join().unwrap();
+    assert_eq!(echoed, 200);
+    assert_eq!(reflected, 200, "{stats:?}");
+}
+
+#[test]
+fn raw_ethernet_frames_carry_rpc_between_af_xdp_nodes() {
+    use xrelay_datapath::wire::encap::Encapsulation;
+    use xrelay_datapath::wire::ethernet::ETHERTYPE_RELAY;
+    let pair = topology();
+    let node = |name: &str, host: &netns::Host, peer: &str, peer_at: Endpoint| {
+        let ns = host.ns.name().to_owned();
+        let config = XdpConfig {
+            encap: Encapsulation::Ethernet {
+                ethertype: ETHERTYPE_RELAY,
+            },
+            ..XdpConfig::new(&host.interface, host.endpoint.ip)
+        };
+        Runtime::spawn(
+            name,
+            RuntimeConfig::new(vec![(peer.to_owned(), relay(peer_at))]),
+            move || {
+                netns::enter(&ns).map_err(|e| TransportError::Config(e.to_string()))?;
+                XdpTransport::new(config)
+            },
+        )
+        .unwrap_or_else(|e| panic!("starting {name} over AF_XDP (needs root): {e}"))
+    };
+    let a = node("eth-a", &pair.a, "b", pair.b.endpoint);
+    let b = node("eth-b", &pair.b, "a", pair.a.endpoint);
+    b.export_rpc("kv", KvStoreServer(MemoryStore::new(100)))
+        .unwrap();
+    kv_round(&a, "b", "ethernet", 50);
+    let stats = b.stats().unwrap();
+    assert_eq!(stats.unknown_peer, 0, "{stats:?}");
+}

@@ -283,6 +283,15 @@ pub fn neighbour_mac(
     )))
 }
 
+/// Whether a frame's destination is this endpoint: its IP address and
+/// UDP port (and MAC), or with raw Ethernet, which carries no IP, its MAC.
+fn addressed_to(dst: &Endpoint, local: &Endpoint, encap: Encapsulation) -> bool {
+    match encap {
+        Encapsulation::Udp { .. } => dst == local,
+        Encapsulation::Ethernet { .. } => dst.mac == local.mac,
+    }
+}
+
 fn parse_mac(text: &str) -> Option<EthernetAddress> {
     let mut bytes = [0u8; 6];
     let mut parts = text.split(':');
@@ -508,6 +517,70 @@ impl XdpTransport {
         }
     }
 
+    /// Sends up to `budget` received relay frames back to their senders
+    /// from the frames they arrived in: the Ethernet addresses, and with
+    /// UDP encapsulation the IPv4 addresses and UDP ports, are swapped in
+    /// place (a swap leaves the IPv4 and UDP checksums valid), and the
+    /// frame goes on the TX ring as it is. No copy and no relay logic: the
+    /// floor of a request and response over AF_XDP, for benchmarks.
+    /// Frames that are no relay frame for this endpoint are dropped and
+    /// counted. Returns how many went back.
+    pub fn reflect(&mut self, now: Instant, budget: usize) -> Result<usize, TransportError> {
+        self.reclaim();
+        // Each reflected frame leaves the receive side: a free frame takes
+        // its place on the fill ring, so only as many as are free.
+        let want = budget.min(self.batch.len()).min(self.free.len());
+        // SAFETY: the RX ring returns frames of this UMEM that the kernel
+        // has filled; they are ours until we hand them back to a ring.
+        let n = unsafe { self.rx.consume(&mut self.batch[..want]) };
+        let encap = self.config.encap;
+        let mut reflected = 0;
+        for i in 0..n {
+            let mut slot = Slot(self.batch[i]);
+            // SAFETY: `slot` holds the only token of a frame just taken
+            // from the RX ring; nothing else refers to it.
+            let mut data = unsafe { self.umem.data_mut(&mut slot.0) };
+            let ours = matches!(
+                encap::parse(data.contents(), encap),
+                Ok((_, dst, _)) if addressed_to(&dst, &self.local, encap)
+            );
+            if !ours {
+                self.stats.dropped += 1;
+                self.refill.push(slot);
+                continue;
+            }
+            let frame = data.contents_mut();
+            let swap = |frame: &mut [u8], a: usize, b: usize, len: usize| {
+                for k in 0..len {
+                    frame.swap(a + k, b + k);
+                }
+            };
+            swap(frame, 0, 6, 6);
+            if let Encapsulation::Udp { .. } = encap {
+                swap(frame, 26, 30, 4);
+                swap(frame, 34, 36, 2);
+            }
+            self.pending.push(slot);
+            if let Some(spare) = self.free.pop() {
+                self.refill.push(spare);
+            }
+            reflected += 1;
+        }
+        self.return_to_fill_ring();
+        if self.fill.needs_wakeup() {
+            self.stats.wakeups += 1;
+            self.fill
+                .wakeup(self.rx.fd_mut(), 0)
+                .map_err(|source| TransportError::Syscall {
+                    call: "poll",
+                    source,
+                })?;
+        }
+        self.stats.received += reflected as u64;
+        self.flush(now)?;
+        Ok(reflected)
+    }
+
     /// Takes back the frames the kernel has finished sending.
     fn reclaim(&mut self) {
         let batch = self.batch.len();
@@ -562,7 +635,7 @@ impl Transport for XdpTransport {
             // only here, before it goes back to the fill ring.
             let data = unsafe { self.umem.data(desc) };
             match encap::parse(data.contents(), self.config.encap) {
-                Ok((src, dst, relay)) if dst == self.local => {
+                Ok((src, dst, relay)) if addressed_to(&dst, &self.local, self.config.encap) => {
                     deliver(src, relay);
                     delivered += 1;
                 }
