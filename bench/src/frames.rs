@@ -14,93 +14,24 @@
 //! and busy-poll. The figure is what the receiver counts in the measured
 //! window; ratios are computed within the run.
 
-use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use xrelay_datapath::auth::FrameKeys;
-use xrelay_datapath::netns::{self, VethPair};
+use xrelay_datapath::netns::VethPair;
 use xrelay_datapath::node::{Node, NodeConfig};
-use xrelay_datapath::poll::{pin_to_core, poll_once, Budget};
+use xrelay_datapath::poll::{poll_once, Budget};
 use xrelay_datapath::time::MonotonicClock;
-use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
-use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
 use xrelay_datapath::transport::{Transport, TransportError};
-use xrelay_datapath::wire::encap::{Endpoint, DEFAULT_UDP_PORT};
 use xrelay_datapath::wire::session::Service;
 use xrelay_datapath::wire::signal::Signal;
 use xrelay_datapath::wire::{Flags, Frame, Message};
 
-/// The backends `frames` compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// AF_XDP transport only, no relay logic.
-    RawXdp,
-    /// Relay nodes over AF_XDP.
-    Xdp,
-    /// Relay nodes over kernel UDP.
-    Udp,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::RawXdp => "raw_xdp",
-            Backend::Xdp => "xdp",
-            Backend::Udp => "udp",
-        }
-    }
-}
+use crate::pair::{pin, relay, transport, Backend, Place};
 
 /// The pair key of the benchmark's nodes (with `--authenticate`).
 const BENCH_KEY: [u8; 32] = [0x42; 32];
-
-/// Where one end runs: namespace, interface, address.
-#[derive(Debug, Clone)]
-struct Place {
-    ns: String,
-    interface: String,
-    endpoint: Endpoint,
-}
-
-impl Place {
-    fn of(host: &netns::Host) -> Place {
-        Place {
-            ns: host.ns.name().to_owned(),
-            interface: host.interface.clone(),
-            endpoint: host.endpoint,
-        }
-    }
-}
-
-/// The calling thread enters `place`'s namespace and opens the backend's
-/// transport there.
-fn transport(backend: Backend, place: &Place) -> Result<Box<dyn Transport>, TransportError> {
-    netns::enter(&place.ns).map_err(|e| TransportError::Config(e.to_string()))?;
-    Ok(match backend {
-        Backend::RawXdp | Backend::Xdp => Box::new(XdpTransport::new(XdpConfig::new(
-            &place.interface,
-            place.endpoint.ip,
-        ))?),
-        Backend::Udp => Box::new(UdpTransport::bind(
-            SocketAddrV4::new(place.endpoint.ip, DEFAULT_UDP_PORT),
-            UdpConfig::default(),
-        )?),
-    })
-}
-
-fn pin(core: usize) {
-    // Best effort: an unpinned run is still a valid comparison.
-    let _ = pin_to_core(core);
-}
-
-fn relay(endpoint: Endpoint) -> Endpoint {
-    Endpoint {
-        port: DEFAULT_UDP_PORT,
-        ..endpoint
-    }
-}
 
 /// Sends and receives everything due for `node` over `link` once.
 fn drive(
@@ -111,15 +42,19 @@ fn drive(
     poll_once(node, link, clock.now(), Budget::default()).map(|_| ())
 }
 
-/// One backend: frames per second counted by the receiver.
 /// Frames per second the sender put on the link and the receiver got.
 #[derive(Debug, Clone, Copy)]
-struct Rates {
-    sent: f64,
-    received: f64,
+pub struct Rates {
+    /// Sent per second.
+    pub sent: f64,
+    /// Received per second (the figure).
+    pub received: f64,
 }
 
-fn measure(backend: Backend, seconds: f64, authenticate: bool) -> Result<Rates, String> {
+/// One-way frames between two fresh namespaces for `seconds` after a
+/// warm-up: bare AF_XDP for `raw_xdp`, SIGNAL frames between relay nodes
+/// otherwise.
+pub fn measure(backend: Backend, seconds: f64, authenticate: bool) -> Result<Rates, String> {
     let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));

@@ -12,6 +12,10 @@
 #![forbid(unsafe_code)]
 
 mod frames;
+mod pair;
+mod plot;
+mod scenarios;
+mod suite;
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -36,6 +40,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The suite: every scenario on raw_xdp, xdp and udp side by side
+    /// (needs root); table, ratios, targets; --json, --plot, --quick.
+    Run(suite::SuiteArgs),
     /// Single-thread cost of building and parsing frames and of marshalling calls.
     Codec {
         /// Seconds per measurement.
@@ -53,7 +60,7 @@ enum Command {
         runs: usize,
         /// Only these backends (default: all three, with ratios).
         #[arg(long, value_enum)]
-        backend: Vec<frames::Backend>,
+        backend: Vec<pair::Backend>,
         /// Authenticate the relay's frames (ChaCha20-Poly1305, replay window).
         #[arg(long)]
         authenticate: bool,
@@ -213,6 +220,12 @@ fn engine(seconds: f64, outstanding: usize) {
 
 fn main() {
     match Cli::parse().command {
+        Command::Run(args) => {
+            if let Err(error) = suite::run(&args) {
+                eprintln!("xrelay-bench run: {error}");
+                std::process::exit(1);
+            }
+        }
         Command::Codec { seconds } => codec(seconds),
         Command::Engine {
             seconds,
