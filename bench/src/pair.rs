@@ -5,13 +5,14 @@
 //! iteration, right after the node received and sent what was due.
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use xrelay_datapath::netns::{self, VethPair};
 use xrelay_datapath::node::{Node, NodeConfig, PeerId};
-use xrelay_datapath::poll::{pin_to_core, poll_once, Budget};
+use xrelay_datapath::poll::{pin_to_core, poll_once, poll_once_timed, Budget, StageTimes};
 use xrelay_datapath::time::{Instant, MonotonicClock};
 use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
 use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
@@ -111,40 +112,149 @@ pub fn run<C: Side, S: Side>(
     server: S,
     limit: Duration,
 ) -> Result<(C, S), String> {
+    run_with(backend, clock, client, server, limit, None).map(|(c, s, _)| (c, s))
+}
+
+/// Per-stage time histograms of one side ([`run_with`] with profiling),
+/// in nanoseconds per frame (per call for handlers).
+#[derive(Debug, Clone)]
+pub struct Stages {
+    /// Receive calls, outside the node, per received frame.
+    pub rx_poll: Histogram<u64>,
+    /// The node, per frame received or sent (handlers excluded).
+    pub engine: Histogram<u64>,
+    /// RPC handlers, per iteration that ran any.
+    pub handler: Histogram<u64>,
+    /// Send and flush calls, outside the node, per sent frame.
+    pub tx_submit: Histogram<u64>,
+    /// From a frame's handing to the link to its completion (AF_XDP).
+    pub tx_completion: Histogram<u64>,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let h = crate::scenarios::histogram;
+        Stages {
+            rx_poll: h(),
+            engine: h(),
+            handler: h(),
+            tx_submit: h(),
+            tx_completion: h(),
+        }
+    }
+
+    fn add(&mut self, t: &StageTimes) {
+        let per = |total: u64, n: usize| total / u64::try_from(n.max(1)).unwrap_or(1);
+        if t.received > 0 {
+            self.rx_poll
+                .saturating_record(per(t.rx_poll, t.received).max(1));
+        }
+        if t.received + t.sent > 0 {
+            self.engine
+                .saturating_record(per(t.engine, t.received + t.sent).max(1));
+        }
+        if t.handler > 0 {
+            self.handler.saturating_record(t.handler);
+        }
+        if t.sent > 0 {
+            self.tx_submit
+                .saturating_record(per(t.tx_submit, t.sent).max(1));
+        }
+    }
+
+    /// The stages by name, in datapath order.
+    pub fn named(&self) -> [(&'static str, &Histogram<u64>); 5] {
+        [
+            ("rx_poll", &self.rx_poll),
+            ("engine", &self.engine),
+            ("handler", &self.handler),
+            ("tx_submit", &self.tx_submit),
+            ("tx_completion", &self.tx_completion),
+        ]
+    }
+}
+
+/// The client's and the server's stage histograms.
+pub type BothStages = (Stages, Stages);
+
+/// Handler time counters of the two sides, for profiling.
+pub type Profiling = (Arc<AtomicU64>, Arc<AtomicU64>);
+
+/// [`run`], and with `profile` every loop iteration timed per stage
+/// ([`poll_once_timed`]); returns each side's [`Stages`] then.
+pub fn run_with<C: Side, S: Side>(
+    backend: Backend,
+    clock: &MonotonicClock,
+    client: C,
+    server: S,
+    limit: Duration,
+    profile: Option<Profiling>,
+) -> Result<(C, S, Option<BothStages>), String> {
     let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
     let clock = *clock;
     let stop = Arc::new(AtomicBool::new(false));
     let (a, b) = (Place::of(&pair.a), Place::of(&pair.b));
     let (a_at, b_at) = (relay(a.endpoint), relay(b.endpoint));
-    let spawn = |mut side: Box<dyn SideBox>, place: Place, peer_at: Endpoint, core: usize| {
+    let spawn = |mut side: Box<dyn SideBox>,
+                 place: Place,
+                 peer_at: Endpoint,
+                 core: usize,
+                 handlers: Option<Arc<AtomicU64>>| {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || -> Result<Box<dyn SideBox>, String> {
-            pin(core);
-            let result = (|| {
-                let mut link = transport(backend, &place).map_err(|e| e.to_string())?;
-                let mut node =
-                    Node::new(NodeConfig::new(link.max_frame_len())).map_err(|e| e.to_string())?;
-                let peer = node
-                    .add_peer(clock.now(), "peer", peer_at)
-                    .map_err(|e| e.to_string())?;
-                side.setup(&mut node, peer, clock.now())?;
-                while !stop.load(Ordering::Relaxed) {
-                    let now = clock.now();
-                    poll_once(&mut node, link.as_mut(), now, Budget::default())
+        std::thread::spawn(
+            move || -> Result<(Box<dyn SideBox>, Option<Stages>), String> {
+                pin(core);
+                let mut stages = handlers.as_ref().map(|_| Stages::new());
+                let result = (|| {
+                    let mut link = transport(backend, &place).map_err(|e| e.to_string())?;
+                    link.track_completions(stages.is_some());
+                    let mut node = Node::new(NodeConfig::new(link.max_frame_len()))
                         .map_err(|e| e.to_string())?;
-                    if side.step(&mut node, clock.now())? {
-                        stop.store(true, Ordering::Relaxed);
+                    let peer = node
+                        .add_peer(clock.now(), "peer", peer_at)
+                        .map_err(|e| e.to_string())?;
+                    side.setup(&mut node, peer, clock.now())?;
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = clock.now();
+                        match (&handlers, &mut stages) {
+                            (Some(handlers), Some(stages)) => {
+                                let (_, times) = poll_once_timed(
+                                    &mut node,
+                                    link.as_mut(),
+                                    &clock,
+                                    Budget::default(),
+                                    handlers,
+                                )
+                                .map_err(|e| e.to_string())?;
+                                stages.add(&times);
+                                link.completion_times(&mut |d| {
+                                    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+                                    stages.tx_completion.saturating_record(ns.max(1));
+                                });
+                            }
+                            _ => {
+                                poll_once(&mut node, link.as_mut(), now, Budget::default())
+                                    .map_err(|e| e.to_string())?;
+                            }
+                        }
+                        if side.step(&mut node, clock.now())? {
+                            stop.store(true, Ordering::Relaxed);
+                        }
                     }
-                }
-                Ok(())
-            })();
-            // Whatever happened, the other side must stop too.
-            stop.store(true, Ordering::Relaxed);
-            result.map(|()| side)
-        })
+                    Ok(())
+                })();
+                // Whatever happened, the other side must stop too.
+                stop.store(true, Ordering::Relaxed);
+                result.map(|()| (side, stages))
+            },
+        )
     };
-    let client_thread = spawn(Box::new(client), a, b_at, 0);
-    let server_thread = spawn(Box::new(server), b, a_at, 1);
+    let (client_handlers, server_handlers) = match profile {
+        Some((c, s)) => (Some(c), Some(s)),
+        None => (None, None),
+    };
+    let client_thread = spawn(Box::new(client), a, b_at, 0, client_handlers);
+    let server_thread = spawn(Box::new(server), b, a_at, 1, server_handlers);
     let watchdog = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -159,8 +269,8 @@ pub fn run<C: Side, S: Side>(
             false
         })
     };
-    let client = client_thread.join().map_err(|_| "the client panicked")??;
-    let server = server_thread.join().map_err(|_| "the server panicked")??;
+    let (client, client_stages) = client_thread.join().map_err(|_| "the client panicked")??;
+    let (server, server_stages) = server_thread.join().map_err(|_| "the server panicked")??;
     if watchdog.join().unwrap_or(true) {
         return Err(format!("did not finish within {limit:?}"));
     }
@@ -173,7 +283,8 @@ pub fn run<C: Side, S: Side>(
         .into_any()
         .downcast::<S>()
         .map_err(|_| "server type")?;
-    Ok((*client, *server))
+    let stages = client_stages.zip(server_stages);
+    Ok((*client, *server, stages))
 }
 
 /// A [`Side`] that can be taken back as its concrete type.

@@ -27,10 +27,11 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use xrelay_datapath::marshal::Dispatch;
 use xrelay_datapath::node::{ExportId, Node, NodeEvent, PeerId, SessionId};
+use xrelay_datapath::poll::TimedDispatch;
 use xrelay_datapath::time::{Instant, MonotonicClock};
 use xrelay_datapath::wire::session::Service;
 
-use crate::pair::{self, Backend, Side};
+use crate::pair::{self, Backend, Side, Stages};
 
 /// What one scenario on one backend measured.
 #[derive(Debug, Clone)]
@@ -90,12 +91,17 @@ impl Dispatch for Echo {
     }
 }
 
-/// The server of the RPC scenarios: exports the echo service.
-struct EchoServer;
+/// The server of the RPC scenarios: exports the echo service (timed
+/// when profiling, adding to the counter).
+struct EchoServer(Option<(MonotonicClock, Arc<AtomicU64>)>);
 
 impl Side for EchoServer {
     fn setup(&mut self, node: &mut Node, _peer: PeerId, _now: Instant) -> Result<(), String> {
-        node.export_rpc("echo", Box::new(Echo))
+        let dispatcher: Box<dyn Dispatch + Send> = match &self.0 {
+            Some((clock, spent)) => Box::new(TimedDispatch::new(Echo, *clock, Arc::clone(spent))),
+            None => Box::new(Echo),
+        };
+        node.export_rpc("echo", dispatcher)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
@@ -262,7 +268,13 @@ pub fn rpc(
     let warmup = Duration::from_millis(300);
     let client = RpcLoad::new(load, payload, warmup, window);
     let limit = window + warmup + Duration::from_secs(20);
-    let (client, _) = pair::run(backend, &MonotonicClock::new(), client, EchoServer, limit)?;
+    let (client, _) = pair::run(
+        backend,
+        &MonotonicClock::new(),
+        client,
+        EchoServer(None),
+        limit,
+    )?;
     let mut m = Measurement::new(name, backend);
     let per_s = client.completed as f64 / window.as_secs_f64();
     m.ops_per_s = Some(per_s);
@@ -502,4 +514,26 @@ pub fn raw_ping_pong(seconds: f64) -> Result<Measurement, String> {
     m.ops_per_s = Some(histogram.len() as f64 / window.as_secs_f64());
     m.latency = Some(histogram);
     Ok(m)
+}
+
+/// `rpc_latency_closed` with every datapath iteration timed per stage on
+/// both sides: where a round trip's microseconds go.
+pub fn profile_rpc(
+    backend: Backend,
+    seconds: f64,
+) -> Result<(Measurement, Stages, Stages), String> {
+    let window = Duration::from_secs_f64(seconds);
+    let warmup = Duration::from_millis(300);
+    let clock = MonotonicClock::new();
+    let handlers = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let server = EchoServer(Some((clock, Arc::clone(&handlers.1))));
+    let client = RpcLoad::new(Load::Closed, 32, warmup, window);
+    let limit = window + warmup + Duration::from_secs(20);
+    let (client, _, stages) =
+        pair::run_with(backend, &clock, client, server, limit, Some(handlers))?;
+    let (client_stages, server_stages) = stages.ok_or("no stage times")?;
+    let mut m = Measurement::new("profile_rpc_latency_closed", backend);
+    m.ops_per_s = Some(client.completed as f64 / window.as_secs_f64());
+    m.latency = Some(client.histogram);
+    Ok((m, client_stages, server_stages))
 }

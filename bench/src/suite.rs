@@ -38,6 +38,18 @@ pub struct SuiteArgs {
     /// Seconds per measurement (default: 3, or 0.5 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Also time every datapath iteration per stage (RX poll, engine,
+    /// handler, TX submit, TX completion) during a closed-loop RPC run on
+    /// xdp and udp, and report a histogram per stage.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// One side's stage histograms from a profiled run.
+struct Profiled {
+    backend: Backend,
+    side: &'static str,
+    stages: crate::pair::Stages,
 }
 
 /// One measurement to make.
@@ -167,7 +179,8 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
     if jobs.is_empty() {
         return Err("no scenario matches --only".into());
     }
-    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    let profile_backends: &[Backend] = if args.profile { &RELAY } else { &[] };
+    let bar = indicatif::ProgressBar::new((jobs.len() + profile_backends.len()) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -182,19 +195,56 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
         results.push(measured);
         bar.inc(1);
     }
+    let mut profiles = Vec::new();
+    for &backend in profile_backends {
+        bar.set_message(format!("profile on {}", backend.name()));
+        let (measured, client, server) = scenarios::profile_rpc(backend, seconds)
+            .map_err(|e| format!("profile on {}: {e}", backend.name()))?;
+        results.push(measured);
+        profiles.push(Profiled {
+            backend,
+            side: "client",
+            stages: client,
+        });
+        profiles.push(Profiled {
+            backend,
+            side: "server",
+            stages: server,
+        });
+        bar.inc(1);
+    }
     bar.finish_and_clear();
     print!("{}", table(&results, seconds, args.quick));
+    if !profiles.is_empty() {
+        print!("{}", profile_table(&profiles));
+    }
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let text = serde_json::to_string_pretty(&report_json(&results, seconds, args.quick))
-            .map_err(|e| e.to_string())?;
+        let mut report = report_json(&results, seconds, args.quick);
+        if !profiles.is_empty() {
+            report["profile"] = profile_json(&profiles);
+        }
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
         println!("JSON: {}", path.display());
     }
     for dir in [&args.histograms, &args.plot].into_iter().flatten() {
         write_hgrm(dir, &results)?;
+        for p in &profiles {
+            for (stage, h) in p.stages.named() {
+                if !h.is_empty() {
+                    let path = dir.join(format!(
+                        "profile_{}_{stage}.{}.hgrm",
+                        p.side,
+                        p.backend.name()
+                    ));
+                    std::fs::write(&path, hgrm(h))
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+        }
         println!("percentile files: {}/*.hgrm", dir.display());
     }
     if let Some(dir) = &args.plot {
@@ -471,6 +521,66 @@ fn table(results: &[Measurement], seconds: f64, quick: bool) -> String {
         ">= 0.8",
     );
     out
+}
+
+/// The per-stage table of profiled runs.
+fn profile_table(profiles: &[Profiled]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nprofile of rpc_latency_closed (ns per frame; handler: per call; tx_completion: per frame, AF_XDP only):"
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:<7} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "backend", "side", "stage", "samples", "p50", "p90", "p99", "max"
+    );
+    for p in profiles {
+        for (stage, h) in p.stages.named() {
+            if h.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{:<8} {:<7} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                p.backend.name(),
+                p.side,
+                stage,
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.max()
+            );
+        }
+    }
+    out
+}
+
+fn profile_json(profiles: &[Profiled]) -> Value {
+    let rows: Vec<Value> = profiles
+        .iter()
+        .flat_map(|p| {
+            p.stages
+                .named()
+                .into_iter()
+                .filter(|(_, h)| !h.is_empty())
+                .map(move |(stage, h)| {
+                    json!({
+                        "scenario": "rpc_latency_closed",
+                        "backend": p.backend.name(),
+                        "side": p.side,
+                        "stage": stage,
+                        "samples": h.len(),
+                        "p50_ns": h.value_at_quantile(0.5),
+                        "p90_ns": h.value_at_quantile(0.9),
+                        "p99_ns": h.value_at_quantile(0.99),
+                        "max_ns": h.max(),
+                    })
+                })
+        })
+        .collect();
+    Value::Array(rows)
 }
 
 /// Writes `<name>.<backend>.hgrm`: the percentile distribution in

@@ -79,6 +79,15 @@ pub trait Transport {
         TransportCounters::default()
     }
 
+    /// Turns measuring TX completions on or off (profiling; costs a clock
+    /// read per batch). Transports that complete sends synchronously
+    /// (kernel UDP) have nothing to measure.
+    fn track_completions(&mut self, _on: bool) {}
+
+    /// Hands over the TX completion delays measured since the last call:
+    /// from a frame's handing to the link to the link giving it back.
+    fn completion_times(&mut self, _sink: &mut dyn FnMut(core::time::Duration)) {}
+
     /// The longest relay frame this transport carries, in bytes.
     fn max_frame_len(&self) -> usize;
 

@@ -32,6 +32,7 @@
 
 pub mod program;
 
+use core::time::Duration;
 use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
@@ -173,6 +174,13 @@ pub struct XdpStats {
     pub wakeups: u64,
 }
 
+/// Batches on the TX ring (frames, when handed over), oldest first, and
+/// the completion delays measured (profiling only).
+type CompletionTracking = (
+    std::collections::VecDeque<(usize, std::time::Instant)>,
+    Vec<Duration>,
+);
+
 /// A [`Transport`] over one AF_XDP socket (see the module documentation).
 /// Not `Send`: create it on the thread that drives it.
 pub struct XdpTransport {
@@ -189,6 +197,9 @@ pub struct XdpTransport {
     pending: Vec<Slot>,
     /// Frames on the TX ring the completion ring has not returned yet.
     in_flight: usize,
+    /// With completion tracking on: batches on the TX ring (frames, when
+    /// handed over), oldest first, and the completion delays measured.
+    tracking: Option<CompletionTracking>,
     /// Received frames waiting for room on the fill ring.
     refill: Vec<Slot>,
     /// Scratch for RX and completion descriptors.
@@ -463,6 +474,7 @@ impl XdpTransport {
             rx,
             pending: Vec::with_capacity(free.len()),
             in_flight: 0,
+            tracking: None,
             refill: Vec::with_capacity(half),
             free,
             batch: vec![FrameDesc::default(); batch_len],
@@ -590,6 +602,22 @@ impl XdpTransport {
             let n = unsafe { self.comp.consume(&mut self.batch[..batch]) };
             self.free.extend(self.batch[..n].iter().copied().map(Slot));
             self.in_flight = self.in_flight.saturating_sub(n);
+            if let Some((batches, delays)) = &mut self.tracking {
+                let now = std::time::Instant::now();
+                let mut left = n;
+                while left > 0 {
+                    let Some((count, since)) = batches.front_mut() else {
+                        break;
+                    };
+                    let done = left.min(*count);
+                    delays.extend(std::iter::repeat_n(now - *since, done));
+                    *count -= done;
+                    left -= done;
+                    if *count == 0 {
+                        batches.pop_front();
+                    }
+                }
+            }
             if n < batch {
                 break;
             }
@@ -598,6 +626,18 @@ impl XdpTransport {
 }
 
 impl Transport for XdpTransport {
+    fn track_completions(&mut self, on: bool) {
+        self.tracking = on.then(Default::default);
+    }
+
+    fn completion_times(&mut self, sink: &mut dyn FnMut(Duration)) {
+        if let Some((_, delays)) = &mut self.tracking {
+            for delay in delays.drain(..) {
+                sink(delay);
+            }
+        }
+    }
+
     fn counters(&self) -> crate::transport::TransportCounters {
         let stats = self.stats;
         crate::transport::TransportCounters {
@@ -711,6 +751,9 @@ impl Transport for XdpTransport {
             let produced = Slot::into_kernel(&mut self.pending, &mut self.tx);
             self.stats.sent += produced as u64;
             self.in_flight += produced;
+            if let Some((batches, _)) = &mut self.tracking {
+                batches.push_back((produced, std::time::Instant::now()));
+            }
             // Else the TX ring is full: they go with the next flush.
         }
         // Kick only while frames wait on the TX ring: an idle receiver
