@@ -12,7 +12,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use xrelay_datapath::netns::{self, VethPair};
 use xrelay_datapath::node::{Node, NodeConfig, PeerId};
-use xrelay_datapath::poll::{pin_to_core, poll_once, poll_once_timed, Budget, StageTimes};
+use xrelay_datapath::poll::{pin_to_core, poll_once_then, poll_once_timed, Budget, StageTimes};
 use xrelay_datapath::time::{Instant, MonotonicClock};
 use xrelay_datapath::transport::udp::{UdpConfig, UdpTransport};
 use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
@@ -216,6 +216,12 @@ pub fn run_with<C: Side, S: Side>(
                     side.setup(&mut node, peer, clock.now())?;
                     while !stop.load(Ordering::Relaxed) {
                         let now = clock.now();
+                        // The side runs between the node's answers and the
+                        // flush: what it starts leaves in the same batch.
+                        let mut outcome = Ok(false);
+                        let mut ready = |node: &mut Node| {
+                            outcome = side.step(node, clock.now());
+                        };
                         match (&handlers, &mut stages) {
                             (Some(handlers), Some(stages)) => {
                                 let (_, times) = poll_once_timed(
@@ -224,6 +230,7 @@ pub fn run_with<C: Side, S: Side>(
                                     &clock,
                                     Budget::default(),
                                     handlers,
+                                    &mut ready,
                                 )
                                 .map_err(|e| e.to_string())?;
                                 stages.add(&times);
@@ -233,11 +240,18 @@ pub fn run_with<C: Side, S: Side>(
                                 });
                             }
                             _ => {
-                                poll_once(&mut node, link.as_mut(), now, Budget::default())
-                                    .map_err(|e| e.to_string())?;
+                                poll_once_then(
+                                    &mut node,
+                                    link.as_mut(),
+                                    now,
+                                    Budget::default(),
+                                    &mut |_, _| false,
+                                    &mut ready,
+                                )
+                                .map_err(|e| e.to_string())?;
                             }
                         }
-                        if side.step(&mut node, clock.now())? {
+                        if outcome? {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }

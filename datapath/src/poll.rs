@@ -54,7 +54,7 @@ pub fn poll_once<T: Transport + ?Sized>(
     now: Instant,
     budget: Budget,
 ) -> Result<Work, TransportError> {
-    poll_once_with(node, link, now, budget, &mut |_, _| false)
+    poll_once_then(node, link, now, budget, &mut |_, _| false, &mut |_| {})
 }
 
 /// Like [`poll_once`], but a frame from an address that is no peer of
@@ -68,17 +68,59 @@ pub fn poll_once_with<T: Transport + ?Sized>(
     budget: Budget,
     elsewhere: &mut dyn FnMut(Endpoint, &[u8]) -> bool,
 ) -> Result<Work, TransportError> {
+    poll_once_then(node, link, now, budget, elsewhere, &mut |_| {})
+}
+
+/// Like [`poll_once_with`], and `ready` runs after the node has handled
+/// the batch and queued its answers, *before* the flush that hands them to
+/// the link: it takes the node's events (a reply that completes a call
+/// wakes its caller now, not after the flush's system call) and may give
+/// the node new work, which goes out in the same flush. A closed-loop
+/// caller's next request then leaves with the acknowledgement of the last
+/// reply, in one kick.
+pub fn poll_once_then<T: Transport + ?Sized>(
+    node: &mut Node,
+    link: &mut T,
+    now: Instant,
+    budget: Budget,
+    elsewhere: &mut dyn FnMut(Endpoint, &[u8]) -> bool,
+    ready: &mut dyn FnMut(&mut Node),
+) -> Result<Work, TransportError> {
     let received = link.recv(now, budget.rx, &mut |from, bytes| {
         if !node.handle_known(now, from, bytes) && !elsewhere(from, bytes) {
             node.unknown_frame();
         }
     })?;
+    let mut sent = transmit(node, link, now, budget.tx, &mut |node, t, buf| {
+        node.poll_transmit(t, buf)
+    })?;
+    ready(node);
+    sent += transmit(node, link, now, budget.tx - sent, &mut |node, t, buf| {
+        node.poll_transmit(t, buf)
+    })?;
+    link.flush(now)?;
+    Ok(Work { received, sent })
+}
+
+/// Writes the node's next frame into a buffer: its destination and length.
+type Build<'a> = dyn FnMut(&mut Node, Instant, &mut [u8]) -> Option<(Endpoint, usize)> + 'a;
+
+/// Produces up to `budget` frames from `node` into the transport's
+/// buffers (flushing when it is full, a few times at most); returns how
+/// many. `build` is the node's `poll_transmit` (timed when profiling).
+fn transmit<T: Transport + ?Sized>(
+    node: &mut Node,
+    link: &mut T,
+    now: Instant,
+    budget: usize,
+    build: &mut Build<'_>,
+) -> Result<usize, TransportError> {
     let mut sent = 0;
     let mut full = 0;
-    while sent < budget.tx {
+    while sent < budget {
         let mut produced = false;
         let room = link.send(&mut |buf| {
-            let out = node.poll_transmit(now, buf);
+            let out = build(node, now, buf);
             produced = out.is_some();
             out
         })?;
@@ -97,8 +139,7 @@ pub fn poll_once_with<T: Transport + ?Sized>(
         }
         sent += 1;
     }
-    link.flush(now)?;
-    Ok(Work { received, sent })
+    Ok(sent)
 }
 
 /// Pins the calling thread to CPU core `core`; false if there is no such
@@ -177,6 +218,7 @@ pub fn poll_once_timed<T: Transport + ?Sized>(
     clock: &MonotonicClock,
     budget: Budget,
     handlers: &AtomicU64,
+    ready: &mut dyn FnMut(&mut Node),
 ) -> Result<(Work, StageTimes), TransportError> {
     let ns = |d: core::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let mut times = StageTimes::default();
@@ -190,33 +232,22 @@ pub fn poll_once_timed<T: Transport + ?Sized>(
     let after_rx = clock.now();
     times.rx_poll = ns(after_rx.saturating_since(start)).saturating_sub(engine);
     let mut building = 0u64;
-    let mut sent = 0;
-    let mut full = 0;
-    while sent < budget.tx {
-        let mut produced = false;
-        let room = link.send(&mut |buf| {
-            let t = clock.now();
-            let out = node.poll_transmit(t, buf);
-            building += ns(clock.now().saturating_since(t));
-            produced = out.is_some();
-            out
-        })?;
-        if !room {
-            link.flush(clock.now())?;
-            full += 1;
-            if full > 4 {
-                break;
-            }
-            continue;
-        }
-        if !produced {
-            break;
-        }
-        sent += 1;
-    }
+    let mut build = |node: &mut Node, _: Instant, buf: &mut [u8]| {
+        let t = clock.now();
+        let out = node.poll_transmit(t, buf);
+        building += ns(clock.now().saturating_since(t));
+        out
+    };
+    let mut sent = transmit(node, link, after_rx, budget.tx, &mut build)?;
+    let before_ready = clock.now();
+    ready(node);
+    let in_ready = ns(clock.now().saturating_since(before_ready));
+    sent += transmit(node, link, clock.now(), budget.tx - sent, &mut build)?;
     link.flush(clock.now())?;
     let end = clock.now();
-    times.tx_submit = ns(end.saturating_since(after_rx)).saturating_sub(building);
+    times.tx_submit = ns(end.saturating_since(after_rx))
+        .saturating_sub(building)
+        .saturating_sub(in_ready);
     times.handler = handlers.swap(0, Ordering::Relaxed);
     times.engine = (engine + building).saturating_sub(times.handler);
     times.received = received;

@@ -362,12 +362,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The datapath thread's state besides the node: who waits for what.
+/// The datapath thread's state besides the node.
 struct Driver {
     node: Node,
     /// The transport's counters as of the last batch of commands.
     transport: TransportCounters,
     handoff: HandoffCounters,
+    waiters: Waiters,
+}
+
+/// Who waits for what the node reports.
+struct Waiters {
     log_peers: bool,
     calls: HashMap<(SessionId, u64), Sender<CallResult>>,
     opens: HashMap<SessionId, Sender<Result<(), CloseCause>>>,
@@ -375,9 +380,10 @@ struct Driver {
     roms: HashMap<SessionId, Arc<RomShared>>,
 }
 
-impl Driver {
-    fn handle_events(&mut self) {
-        while let Some(event) = self.node.poll_event() {
+impl Waiters {
+    /// Hands the node's events to whoever waits for them.
+    fn deliver(&mut self, node: &mut Node) {
+        while let Some(event) = node.poll_event() {
             match event {
                 NodeEvent::CallDone { session, outcome } => {
                     if let Some(waiter) = self.calls.remove(&(session, outcome.request_id)) {
@@ -412,7 +418,7 @@ impl Driver {
                 }
                 NodeEvent::Peer { peer, event } => {
                     if self.log_peers {
-                        let name = self.node.peer_name(peer).unwrap_or("?");
+                        let name = node.peer_name(peer).unwrap_or("?");
                         eprintln!("xrelay: peer {name}: {event:?}");
                     }
                 }
@@ -422,7 +428,7 @@ impl Driver {
     }
 }
 
-impl Drop for Driver {
+impl Drop for Waiters {
     /// The thread is ending (stopped, or its transport failed): wake every
     /// handle that waits, so none blocks for ever.
     fn drop(&mut self) {
@@ -504,7 +510,7 @@ impl Inner {
                 .peer(&name)
                 .ok_or(RuntimeError::UnknownPeer(name))?;
             let session = driver.node.open(now, p, service, &owned)?;
-            driver.opens.insert(session, tx);
+            driver.waiters.opens.insert(session, tx);
             Ok::<_, RuntimeError>(session)
         })??;
         let answer = match rx.recv_timeout(self.open_timeout) {
@@ -513,7 +519,7 @@ impl Inner {
         };
         let fail = |error| {
             let _ = self.send(Box::new(move |driver, _| {
-                driver.opens.remove(&session);
+                driver.waiters.opens.remove(&session);
                 driver.node.close(session);
             }));
             Err(error)
@@ -535,7 +541,7 @@ impl Inner {
 
     fn close(&self, session: SessionId) {
         let _ = self.send(Box::new(move |driver, _| {
-            driver.roms.remove(&session);
+            driver.waiters.roms.remove(&session);
             driver.node.close(session);
         }));
     }
@@ -598,11 +604,13 @@ impl Runtime {
                             node,
                             transport: counters,
                             handoff: HandoffCounters::default(),
-                            log_peers: config.log_peers,
-                            calls: HashMap::new(),
-                            opens: HashMap::new(),
-                            signals: HashMap::new(),
-                            roms: HashMap::new(),
+                            waiters: Waiters {
+                                log_peers: config.log_peers,
+                                calls: HashMap::new(),
+                                opens: HashMap::new(),
+                                signals: HashMap::new(),
+                                roms: HashMap::new(),
+                            },
                         },
                     ))
                 };
@@ -672,7 +680,7 @@ impl Runtime {
         self.inner.request(move |driver, _| {
             let export = driver.node.export_signal(&label)?;
             lock(&theirs.state).drivers += 1;
-            driver.signals.insert(export, theirs);
+            driver.waiters.signals.insert(export, theirs);
             Ok::<_, NodeError>(())
         })??;
         Ok(SignalHandler { shared })
@@ -690,7 +698,7 @@ impl Runtime {
         self.inner.request(move |driver, _| {
             let export = driver.node.export_signal(&label)?;
             lock(&shared.state).drivers += 1;
-            driver.signals.insert(export, shared);
+            driver.waiters.signals.insert(export, shared);
             Ok::<_, NodeError>(())
         })??;
         Ok(())
@@ -736,7 +744,7 @@ impl Runtime {
         self.inner.request(move |driver, _| {
             // A version may have completed between the open and now.
             lock(&theirs.state).current = driver.node.rom_current(session);
-            driver.roms.insert(session, theirs);
+            driver.waiters.roms.insert(session, theirs);
         })?;
         Ok(RomSubscriber {
             inner: Arc::clone(&self.inner),
@@ -971,31 +979,36 @@ fn run<T: Transport>(
             rx: config.recv_budget,
             ..crate::poll::Budget::default()
         };
-        let work = match &config.handoff {
-            None => crate::poll::poll_once(&mut driver.node, &mut transport, now, budget)?,
-            Some(handoff) => {
-                for (from, bytes, origin) in handoff.inbox.try_iter().take(config.recv_budget) {
-                    driver.node.handle_datagram(now, from, &bytes);
-                    handoff.recycle(bytes, origin);
-                    driver.handoff.received += 1;
-                    busy = true;
-                }
-                let Driver {
-                    node,
-                    handoff: counters,
-                    ..
-                } = &mut driver;
-                crate::poll::poll_once_with(
-                    node,
-                    &mut transport,
-                    now,
-                    budget,
-                    &mut |from, bytes| handoff.divert(from, bytes, counters),
-                )?
+        if let Some(handoff) = &config.handoff {
+            for (from, bytes, origin) in handoff.inbox.try_iter().take(config.recv_budget) {
+                driver.node.handle_datagram(now, from, &bytes);
+                handoff.recycle(bytes, origin);
+                driver.handoff.received += 1;
+                busy = true;
             }
-        };
+        }
+        // Events reach their waiters before the flush's system call.
+        let Driver {
+            node,
+            handoff: counters,
+            waiters,
+            ..
+        } = &mut driver;
+        let work = crate::poll::poll_once_then(
+            node,
+            &mut transport,
+            now,
+            budget,
+            &mut |from, bytes| {
+                config
+                    .handoff
+                    .as_ref()
+                    .is_some_and(|handoff| handoff.divert(from, bytes, counters))
+            },
+            &mut |node| waiters.deliver(node),
+        )?;
         busy |= work.is_busy();
-        driver.handle_events();
+        driver.waiters.deliver(&mut driver.node);
         if busy {
             idle = 0;
             continue;
@@ -1043,7 +1056,7 @@ impl Caller for RpcSession {
             .send(Box::new(move |driver, now| {
                 match driver.node.call(now, session, interface, opcode, args) {
                     Ok(request_id) => {
-                        driver.calls.insert((session, request_id), tx);
+                        driver.waiters.calls.insert((session, request_id), tx);
                     }
                     Err(error) => {
                         let _ = tx.send(Err(error));
