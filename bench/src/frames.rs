@@ -24,6 +24,7 @@ use xrelay_datapath::node::{Node, NodeConfig};
 use xrelay_datapath::poll::{poll_once, Budget};
 use xrelay_datapath::time::MonotonicClock;
 use xrelay_datapath::transport::{Transport, TransportError};
+use xrelay_datapath::wire::rom::RomChunk;
 use xrelay_datapath::wire::session::Service;
 use xrelay_datapath::wire::signal::Signal;
 use xrelay_datapath::wire::{Flags, Frame, Message};
@@ -55,6 +56,18 @@ pub struct Rates {
 /// warm-up: bare AF_XDP for `raw_xdp`, SIGNAL frames between relay nodes
 /// otherwise.
 pub fn measure(backend: Backend, seconds: f64, authenticate: bool) -> Result<Rates, String> {
+    measure_sized(backend, seconds, authenticate, None)
+}
+
+/// [`measure`]; with `chunk`, `raw_xdp` sends ROM_CHUNK frames carrying
+/// `chunk` bytes instead of SIGNAL frames (the frame rate a ROM transfer
+/// could reach).
+pub fn measure_sized(
+    backend: Backend,
+    seconds: f64,
+    authenticate: bool,
+    chunk: Option<usize>,
+) -> Result<Rates, String> {
     let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -104,14 +117,24 @@ pub fn measure(backend: Backend, seconds: f64, authenticate: bool) -> Result<Rat
             let mut link = transport(backend, &host).map_err(|e| e.to_string())?;
             let to = relay(b_at);
             if backend == Backend::RawXdp {
+                let data = vec![0x5a; chunk.unwrap_or(0)];
+                let message = match chunk {
+                    Some(_) => Message::RomChunk(RomChunk {
+                        module: 1,
+                        version: 1,
+                        offset: 0,
+                        data: &data,
+                    }),
+                    None => Message::Signal(Signal {
+                        context: 0,
+                        count: 1,
+                    }),
+                };
                 let frame = Frame {
                     flags: Flags::NONE,
                     channel: 1,
                     sequence: 1,
-                    message: Message::Signal(Signal {
-                        context: 0,
-                        count: 1,
-                    }),
+                    message,
                 };
                 let len = frame.buffer_len();
                 let mut bytes = vec![0; len];
