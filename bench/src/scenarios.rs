@@ -124,7 +124,8 @@ pub enum Load {
 }
 
 /// Most calls an open-loop client lets pile up before it stops issuing
-/// (their latency keeps counting from the schedule).
+/// (their latency keeps counting from the schedule); the engine's own
+/// limit applies too.
 const OPEN_LOOP_CAP: usize = 4096;
 
 /// The client of the RPC scenarios.
@@ -245,7 +246,10 @@ impl Side for RpcLoad {
                 }
             }
             Load::Open(_) => {
-                while self.next <= now && self.pending.len() < OPEN_LOOP_CAP {
+                // Past the engine's limit, calls wait (their latency
+                // still counts from the schedule).
+                let cap = OPEN_LOOP_CAP.min(node.config().rpc.max_outstanding);
+                while self.next <= now && self.pending.len() < cap {
                     let at = self.next;
                     self.issue(node, session, now, at)?;
                     self.next += self.interval;

@@ -72,12 +72,12 @@ pub fn poll_once_with<T: Transport + ?Sized>(
 }
 
 /// Like [`poll_once_with`], and `ready` runs after the node has handled
-/// the batch and queued its answers, *before* the flush that hands them to
-/// the link: it takes the node's events (a reply that completes a call
-/// wakes its caller now, not after the flush's system call) and may give
-/// the node new work, which goes out in the same flush. A closed-loop
-/// caller's next request then leaves with the acknowledgement of the last
-/// reply, in one kick.
+/// the received batch, *before* it produces what is due and the flush
+/// hands that to the link: it takes the node's events (a reply that
+/// completes a call wakes its caller now, not after the flush's system
+/// call) and may give the node new work, which goes out in the same
+/// flush. A closed-loop caller's next request then leaves ahead of the
+/// last reply's acknowledgement, in one kick.
 pub fn poll_once_then<T: Transport + ?Sized>(
     node: &mut Node,
     link: &mut T,
@@ -91,11 +91,8 @@ pub fn poll_once_then<T: Transport + ?Sized>(
             node.unknown_frame();
         }
     })?;
-    let mut sent = transmit(node, link, now, budget.tx, &mut |node, t, buf| {
-        node.poll_transmit(t, buf)
-    })?;
     ready(node);
-    sent += transmit(node, link, now, budget.tx - sent, &mut |node, t, buf| {
+    let sent = transmit(node, link, now, budget.tx, &mut |node, t, buf| {
         node.poll_transmit(t, buf)
     })?;
     link.flush(now)?;
@@ -238,11 +235,9 @@ pub fn poll_once_timed<T: Transport + ?Sized>(
         building += ns(clock.now().saturating_since(t));
         out
     };
-    let mut sent = transmit(node, link, after_rx, budget.tx, &mut build)?;
-    let before_ready = clock.now();
     ready(node);
-    let in_ready = ns(clock.now().saturating_since(before_ready));
-    sent += transmit(node, link, clock.now(), budget.tx - sent, &mut build)?;
+    let in_ready = ns(clock.now().saturating_since(after_rx));
+    let sent = transmit(node, link, clock.now(), budget.tx, &mut build)?;
     link.flush(clock.now())?;
     let end = clock.now();
     times.tx_submit = ns(end.saturating_since(after_rx))

@@ -136,6 +136,11 @@ pub struct RpcClient {
     sendable: VecDeque<u64>,
     /// Calls whose complete reply has been acknowledged to the server.
     finished: VecDeque<u64>,
+    /// Replies complete here whose final acknowledgement (which frees the
+    /// server's reply cache) is still to be sent: request id and fragment
+    /// count. Sent after any call fragments, so that a caller's next
+    /// request leaves first.
+    final_acks: VecDeque<(u64, u16)>,
     /// No timer of any call is due before this.
     next_timer: Instant,
     events: VecDeque<CallOutcome>,
@@ -156,6 +161,7 @@ impl RpcClient {
             calls: BTreeMap::new(),
             sendable: VecDeque::new(),
             finished: VecDeque::new(),
+            final_acks: VecDeque::new(),
             next_timer: NEVER,
             events: VecDeque::new(),
             bitmap: Vec::new(),
@@ -255,6 +261,17 @@ impl RpcClient {
     /// Takes a reply fragment into account.
     pub fn handle_reply(&mut self, now: Instant, reply: &RpcReply<'_>) {
         let Some(call) = self.calls.get_mut(&reply.request_id) else {
+            // A reply to a call that already finished here: the final
+            // acknowledgement was lost; send it again so that the server
+            // frees its cache now rather than at its expiry.
+            let queued = self
+                .final_acks
+                .iter()
+                .any(|&(id, _)| id == reply.request_id);
+            if reply.request_id < self.next_request && !queued && self.final_acks.len() < 1024 {
+                self.final_acks
+                    .push_back((reply.request_id, reply.fragment.count));
+            }
             return;
         };
         call.queue.clear();
@@ -281,8 +298,20 @@ impl RpcClient {
         }
         match reassembly.insert(&reply.fragment, reply.data) {
             Ok(true) => {
-                call.ack_due = true;
-                schedule(&mut self.sendable, call, reply.request_id);
+                // Complete: the call ends now and its caller hears of it
+                // at once; the final acknowledgement follows.
+                let count = reply.fragment.count;
+                if let Some(call) = self.calls.remove(&reply.request_id) {
+                    self.release(&call);
+                    if let Some((exception, reassembly)) = call.reply {
+                        self.events.push_back(CallOutcome {
+                            request_id: reply.request_id,
+                            sent_at: call.sent_at,
+                            result: Ok((exception, reassembly.into_data())),
+                        });
+                    }
+                }
+                self.final_acks.push_back((reply.request_id, count));
             }
             // The reply is streaming in: ask for missing fragments only
             // once it stalls for a retransmission timeout.
@@ -318,6 +347,7 @@ impl RpcClient {
         }
         self.sendable.clear();
         self.finished.clear();
+        self.final_acks.clear();
         self.next_timer = NEVER;
         self.reply_bytes = 0;
     }
@@ -390,7 +420,16 @@ impl RpcClient {
         // Find the next call with output (stale entries are skipped), then
         // build its frame from a fresh borrow.
         let (request_id, fragment) = loop {
-            let request_id = sendable.pop_front()?;
+            let Some(request_id) = sendable.pop_front() else {
+                // Nothing else to send: a final acknowledgement.
+                let (request_id, count) = self.final_acks.pop_front()?;
+                return Some(Message::RpcAck(RpcAck {
+                    request_id,
+                    acked: Acked::Reply,
+                    base: count,
+                    bitmap: &[],
+                }));
+            };
             let Some(call) = calls.get_mut(&request_id) else {
                 continue;
             };
@@ -842,6 +881,64 @@ mod tests {
         let outcome = client.poll_event().unwrap();
         assert_eq!(outcome.request_id, id);
         assert_eq!(outcome.result, Ok((0, vec![9])));
+    }
+
+    #[test]
+    fn a_complete_reply_ends_the_call_at_once_and_the_final_ack_frees_the_server() {
+        let config = RpcConfig::default();
+        let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
+        let now = Instant::ZERO;
+        let mut buf = Vec::new();
+        let id = client.call(now, 1, 0, vec![1]).unwrap();
+        while let Some(message) = client.poll_transmit(now) {
+            if let Message::RpcCall(call) = across(message, &mut buf) {
+                server.handle_call(now, &call);
+            }
+        }
+        let ready = server.poll_call().unwrap();
+        server.complete(now, ready.request_id, 0, vec![9]).unwrap();
+        let mut replies = Vec::new();
+        while let Some(message) = server.poll_transmit() {
+            let mut bytes = Vec::new();
+            let kind = message.kind();
+            across(message, &mut bytes);
+            replies.push((kind, bytes));
+        }
+        let reply = replies
+            .iter()
+            .find_map(|(kind, bytes)| match Message::parse(*kind, bytes) {
+                Ok(Message::RpcReply(reply)) => Some(reply),
+                _ => None,
+            })
+            .expect("a reply");
+        client.handle_reply(now, &reply);
+        // The caller hears at once, before anything is sent.
+        let outcome = client.poll_event().expect("the call ended");
+        assert_eq!((outcome.request_id, outcome.result), (id, Ok((0, vec![9]))));
+        assert_eq!(client.outstanding(), 0);
+        // A next call leaves before the final acknowledgement.
+        let next = client.call(now, 1, 0, vec![2]).unwrap();
+        let first = client.poll_transmit(now).map(|m| match m {
+            Message::RpcCall(call) => ("call", call.request_id),
+            Message::RpcAck(ack) => ("ack", ack.request_id),
+            _ => ("other", 0),
+        });
+        assert_eq!(first, Some(("call", next)));
+        let Some(Message::RpcAck(ack)) = client.poll_transmit(now) else {
+            panic!("the final acknowledgement");
+        };
+        assert_eq!(ack.request_id, id);
+        assert!(server.calls.contains_key(&id), "cached until acknowledged");
+        server.handle_ack(&ack);
+        assert!(!server.calls.contains_key(&id), "the cache is freed");
+        // A duplicate of the reply (the server did not hear the first
+        // acknowledgement) is acknowledged again.
+        client.handle_reply(now, &reply);
+        let Some(Message::RpcAck(again)) = client.poll_transmit(now) else {
+            panic!("a second final acknowledgement");
+        };
+        assert_eq!(again.request_id, id);
+        assert!(client.poll_transmit(now).is_none());
     }
 
     #[test]
