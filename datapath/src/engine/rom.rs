@@ -778,7 +778,17 @@ struct Assembly {
     /// New chunks since the last ack.
     unacked: u32,
     ack_at: Option<Instant>,
+    /// The hash of the contiguous prefix received so far, advanced in
+    /// steps of [`HASH_STEP`] bytes while chunks arrive, so that
+    /// completing a large version leaves only the tail to hash.
+    hasher: blake3::Hasher,
+    /// Bytes of `data` in `hasher`.
+    hashed: usize,
 }
+
+/// The prefix hash advances in steps this large (large enough for
+/// BLAKE3's SIMD, small enough to spread the work over the transfer).
+const HASH_STEP: usize = 64 * 1024;
 
 impl Assembly {
     /// The index of `chunk` if it is exactly a chunk of this version.
@@ -798,6 +808,8 @@ impl Assembly {
 
     /// Forgets every chunk (after a hash failure).
     fn clear(&mut self) {
+        self.hasher.reset();
+        self.hashed = 0;
         self.received.clear();
         self.base = 0;
         self.end = 0;
@@ -932,6 +944,8 @@ impl RomReceiver {
             end: 0,
             unacked: 0,
             ack_at: None,
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
         });
         self.request_at = Some(now);
         self.request_interval = self.config.retransmit_after;
@@ -979,6 +993,16 @@ impl RomReceiver {
                 assembly.end = assembly.end.max(index + 1);
                 if index == assembly.base {
                     assembly.base = assembly.received.next_zero(index);
+                    // Hash the contiguous prefix as it grows.
+                    let prefix =
+                        chunk_range(announce.size, announce.chunk_size, assembly.base).start;
+                    let prefix = usize::try_from(prefix).unwrap_or(usize::MAX);
+                    if prefix >= assembly.hashed + HASH_STEP {
+                        if let Some(bytes) = assembly.data.get(assembly.hashed..prefix) {
+                            assembly.hasher.update(bytes);
+                            assembly.hashed = prefix;
+                        }
+                    }
                 }
                 assembly.unacked += 1;
                 self.request_at = Some(now + config.retransmit_after);
@@ -1009,7 +1033,8 @@ impl RomReceiver {
         let Some(mut assembly) = self.assembly.take() else {
             return;
         };
-        let hash = content_hash(&assembly.data);
+        let rest = assembly.data.get(assembly.hashed..).unwrap_or_default();
+        let hash: [u8; HASH_LEN] = assembly.hasher.update(rest).finalize().into();
         if hash != assembly.announce.hash {
             self.stats.hash_failures += 1;
             // The buffer need not be zeroed again: the chunks partition
