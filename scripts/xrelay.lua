@@ -83,7 +83,11 @@ local e_malformed = ProtoExpert.new("xrelay.malformed", "Malformed relay frame",
     expert.group.MALFORMED, expert.severity.ERROR)
 local e_reserved = ProtoExpert.new("xrelay.reserved_set", "Reserved bits set",
     expert.group.PROTOCOL, expert.severity.WARN)
-xrelay.experts = { e_malformed, e_reserved }
+local e_unknown = ProtoExpert.new("xrelay.unknown_kind", "Unknown frame kind (receivers drop and count it)",
+    expert.group.UNDECODED, expert.severity.WARN)
+local e_trailing = ProtoExpert.new("xrelay.trailing", "Bytes after the relay frame",
+    expert.group.MALFORMED, expert.severity.ERROR)
+xrelay.experts = { e_malformed, e_reserved, e_unknown, e_trailing }
 
 -- Each body: {width in bytes, or "rest" / "label", field} in order.
 local rest = "rest"
@@ -112,7 +116,7 @@ local bytes_fields = { [f.reserved] = true, [f.bitmap] = true, [f.data] = true, 
 local function dissect_body(kind, tvb, tree, pinfo)
     local layout = bodies[kind]
     if layout == nil then
-        tree:add_proto_expert_info(e_malformed, "unknown kind")
+        tree:add_proto_expert_info(e_unknown)
         return
     end
     local pos, len = 0, tvb:len()
@@ -203,6 +207,11 @@ local function dissect(tvb, pinfo, root)
     if trailer > 0 then
         tree:add(f.tag, tvb:range(header_len + body_len, 16))
     end
+    if total < tvb:len() and pinfo.match_uint ~= 0x88B5 then
+        -- Over UDP the datagram is exactly one frame (docs/wire.md 2.1);
+        -- raw Ethernet frames may carry padding.
+        tree:add_proto_expert_info(e_trailing)
+    end
     return total
 end
 
@@ -210,8 +219,19 @@ function xrelay.dissector(tvb, pinfo, root)
     return dissect(tvb, pinfo, root)
 end
 
+-- On other UDP ports only what is certainly a relay frame: the magic,
+-- version 1, a sane header length, a known kind, no reserved flag, and
+-- lengths that add up to the datagram.
 local function heuristic(tvb, pinfo, root)
     if tvb:len() < 20 or tvb:range(0, 2):string() ~= "XR" or tvb:range(2, 1):uint() ~= 1 then
+        return false
+    end
+    local header_len = tvb:range(3, 1):uint()
+    local flags = tvb:range(5, 1):uint()
+    local trailer = (bit.band(flags, 1) ~= 0) and 16 or 0
+    if header_len < 20 or header_len % 4 ~= 0 or kinds[tvb:range(4, 1):uint()] == nil
+        or bit.band(flags, 0xfc) ~= 0
+        or header_len + tvb:range(6, 2):le_uint() + trailer ~= tvb:len() then
         return false
     end
     dissect(tvb, pinfo, root)

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use xrelay_datapath::marshal::Dispatch;
+use xrelay_datapath::marshal::{CallError, Dispatch};
 use xrelay_datapath::node::{ExportId, Node, NodeEvent, PeerId, SessionId};
 use xrelay_datapath::poll::TimedDispatch;
 use xrelay_datapath::time::{Instant, MonotonicClock};
@@ -180,12 +180,17 @@ impl RpcLoad {
         session: SessionId,
         now: Instant,
         at: Instant,
-    ) -> Result<(), String> {
-        let id = node
-            .call(now, session, ECHO, 0, vec![0x5a; self.payload])
-            .map_err(|e| format!("call: {e}"))?;
-        self.pending.insert(id, at);
-        Ok(())
+    ) -> Result<bool, String> {
+        match node.call(now, session, ECHO, 0, vec![0x5a; self.payload]) {
+            Ok(id) => {
+                self.pending.insert(id, at);
+                Ok(true)
+            }
+            // The engine's limit (calls plus unacknowledged replies): the
+            // call waits, its latency counting from `at` all the same.
+            Err(CallError::Busy) => Ok(false),
+            Err(e) => Err(format!("call: {e}")),
+        }
     }
 }
 
@@ -210,7 +215,9 @@ impl Side for RpcLoad {
                 };
                 if outcome.result.is_err() {
                     self.failed += 1;
-                } else if at >= self.start && now <= self.end {
+                } else if at >= self.start && at <= self.end {
+                    // Every call due inside the window counts, however
+                    // late it ends (the run drains them below).
                     record(&mut self.histogram, now.saturating_since(at));
                     self.completed += 1;
                 }
@@ -228,11 +235,15 @@ impl Side for RpcLoad {
             self.end = self.start + self.window;
             self.next = now;
         }
-        if now > self.end {
-            if self.failed > 0 {
-                return Err(format!("{} calls failed", self.failed));
-            }
-            return Ok(true);
+        if self.failed > 0 {
+            return Err(format!("{} calls failed", self.failed));
+        }
+        // After the window: no new calls, but the open loop still issues
+        // what was due inside it, and every call due inside it is waited
+        // for, so the slowest are not left out.
+        let due_left = matches!(self.load, Load::Open(_)) && self.next <= self.end;
+        if now > self.end && !due_left {
+            return Ok(self.pending.is_empty());
         }
         match self.load {
             Load::Closed => {
@@ -241,17 +252,17 @@ impl Side for RpcLoad {
                 }
             }
             Load::Window(outstanding) => {
-                while self.pending.len() < outstanding {
-                    self.issue(node, session, now, now)?;
-                }
+                while self.pending.len() < outstanding && self.issue(node, session, now, now)? {}
             }
             Load::Open(_) => {
                 // Past the engine's limit, calls wait (their latency
                 // still counts from the schedule).
                 let cap = OPEN_LOOP_CAP.min(node.config().rpc.max_outstanding);
-                while self.next <= now && self.pending.len() < cap {
+                while self.next <= now && self.next <= self.end && self.pending.len() < cap {
                     let at = self.next;
-                    self.issue(node, session, now, at)?;
+                    if !self.issue(node, session, now, at)? {
+                        break;
+                    }
                     self.next += self.interval;
                 }
             }
@@ -483,11 +494,21 @@ pub fn raw_ping_pong(seconds: f64) -> Result<Measurement, String> {
                 if sent_at > end {
                     break;
                 }
-                link.send(&mut |buf| {
-                    buf[..bytes.len()].copy_from_slice(&bytes);
-                    Some((to, bytes.len()))
-                })
-                .map_err(|e| e.to_string())?;
+                // No free frame yet (completions pending): flush and retry.
+                let mut tries = 0;
+                while !link
+                    .send(&mut |buf| {
+                        buf[..bytes.len()].copy_from_slice(&bytes);
+                        Some((to, bytes.len()))
+                    })
+                    .map_err(|e| e.to_string())?
+                {
+                    link.flush(clock.now()).map_err(|e| e.to_string())?;
+                    tries += 1;
+                    if tries > 1000 {
+                        return Err("no free UMEM frame to send from".into());
+                    }
+                }
                 link.flush(sent_at).map_err(|e| e.to_string())?;
                 let mut back = false;
                 let give_up = sent_at + Duration::from_millis(200);

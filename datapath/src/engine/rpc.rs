@@ -109,10 +109,6 @@ impl PendingCall {
     fn has_output(&self) -> bool {
         self.ack_due || !self.queue.is_empty()
     }
-
-    fn reply_complete(&self) -> bool {
-        self.reply.as_ref().is_some_and(|(_, r)| r.is_complete())
-    }
 }
 
 /// Puts `id` into the send queue unless it is there already.
@@ -125,8 +121,8 @@ fn schedule(sendable: &mut VecDeque<u64>, call: &mut PendingCall, id: u64) {
 
 /// The client side of one RPC session. The work per frame and per event
 /// does not grow with the number of outstanding calls: calls with
-/// something to send wait in a queue, finished calls in another, and the
-/// timers are scanned only when the earliest of them is due.
+/// something to send wait in a queue, final acknowledgements in another,
+/// and the timers are scanned only when the earliest of them is due.
 #[derive(Debug)]
 pub struct RpcClient {
     config: RpcConfig,
@@ -134,8 +130,6 @@ pub struct RpcClient {
     calls: BTreeMap<u64, PendingCall>,
     /// Calls with fragments or an ACK to send, served round robin.
     sendable: VecDeque<u64>,
-    /// Calls whose complete reply has been acknowledged to the server.
-    finished: VecDeque<u64>,
     /// Replies complete here whose final acknowledgement (which frees the
     /// server's reply cache) is still to be sent: request id and fragment
     /// count. Sent after any call fragments, so that a caller's next
@@ -152,6 +146,10 @@ pub struct RpcClient {
 
 const NEVER: Instant = Instant::from_nanos(u64::MAX);
 
+/// With this many final acknowledgements waiting, they go before call
+/// fragments.
+const FINAL_ACKS_FIRST: usize = 16;
+
 impl RpcClient {
     /// A client with no calls.
     pub fn new(config: RpcConfig) -> Self {
@@ -160,7 +158,6 @@ impl RpcClient {
             next_request: 1,
             calls: BTreeMap::new(),
             sendable: VecDeque::new(),
-            finished: VecDeque::new(),
             final_acks: VecDeque::new(),
             next_timer: NEVER,
             events: VecDeque::new(),
@@ -226,7 +223,8 @@ impl RpcClient {
         if args.len() > MAX_MESSAGE_LEN as usize {
             return Err(CallError::TooLarge(args.len()));
         }
-        if self.calls.len() >= self.config.max_outstanding {
+        // Replies not yet acknowledged count: the server caches them.
+        if self.calls.len() + self.final_acks.len() >= self.config.max_outstanding {
             return Err(CallError::Busy);
         }
         let request_id = self.next_request;
@@ -346,7 +344,6 @@ impl RpcClient {
             });
         }
         self.sendable.clear();
-        self.finished.clear();
         self.final_acks.clear();
         self.next_timer = NEVER;
         self.reply_bytes = 0;
@@ -410,11 +407,17 @@ impl RpcClient {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Message<'_>> {
         self.fire_timers(now);
         let max_fragment = self.config.max_fragment;
+        // Final acknowledgements go after call fragments, so that a
+        // caller's next call leaves first, but not after many: each one
+        // keeps a reply in the server's cache.
+        if self.final_acks.len() >= FINAL_ACKS_FIRST {
+            return self.final_ack();
+        }
         let RpcClient {
             calls,
             sendable,
-            finished,
             bitmap,
+            final_acks,
             ..
         } = self;
         // Find the next call with output (stale entries are skipped), then
@@ -422,7 +425,7 @@ impl RpcClient {
         let (request_id, fragment) = loop {
             let Some(request_id) = sendable.pop_front() else {
                 // Nothing else to send: a final acknowledgement.
-                let (request_id, count) = self.final_acks.pop_front()?;
+                let (request_id, count) = final_acks.pop_front()?;
                 return Some(Message::RpcAck(RpcAck {
                     request_id,
                     acked: Acked::Reply,
@@ -436,9 +439,6 @@ impl RpcClient {
             call.scheduled = false;
             if call.ack_due {
                 call.ack_due = false;
-                if call.reply_complete() {
-                    finished.push_back(request_id);
-                }
                 schedule(sendable, call, request_id);
                 break (request_id, None);
             }
@@ -473,23 +473,21 @@ impl RpcClient {
     }
 
     /// The next finished call, if any. A call finishes when its reply is
-    /// complete (after the acknowledgement that frees the server's cache
-    /// has been handed to [`RpcClient::poll_transmit`]) or when it fails.
+    /// complete (its final acknowledgement, which frees the server's cache,
+    /// is sent after) or when it fails.
     pub fn poll_event(&mut self) -> Option<CallOutcome> {
-        while let Some(request_id) = self.finished.pop_front() {
-            let Some(call) = self.calls.remove(&request_id) else {
-                continue;
-            };
-            self.release(&call);
-            if let Some((exception, reassembly)) = call.reply {
-                self.events.push_back(CallOutcome {
-                    request_id,
-                    sent_at: call.sent_at,
-                    result: Ok((exception, reassembly.into_data())),
-                });
-            }
-        }
         self.events.pop_front()
+    }
+
+    /// The oldest final acknowledgement due.
+    fn final_ack(&mut self) -> Option<Message<'_>> {
+        let (request_id, count) = self.final_acks.pop_front()?;
+        Some(Message::RpcAck(RpcAck {
+            request_id,
+            acked: Acked::Reply,
+            base: count,
+            bitmap: &[],
+        }))
     }
 
     /// When a retransmission or a deadline may next be due.
@@ -939,6 +937,54 @@ mod tests {
         };
         assert_eq!(again.request_id, id);
         assert!(client.poll_transmit(now).is_none());
+    }
+
+    #[test]
+    fn unsent_final_acks_count_as_outstanding_and_go_first_when_many() {
+        let config = RpcConfig {
+            max_outstanding: 20,
+            ..RpcConfig::default()
+        };
+        let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
+        let now = Instant::ZERO;
+        let mut buf = Vec::new();
+        // Twenty calls answered, none of their final acks sent yet.
+        for _ in 0..20 {
+            client.call(now, 1, 0, vec![1]).unwrap();
+        }
+        assert_eq!(client.call(now, 1, 0, vec![1]), Err(CallError::Busy));
+        while let Some(message) = client.poll_transmit(now) {
+            if let Message::RpcCall(call) = across(message, &mut buf) {
+                server.handle_call(now, &call);
+            }
+            if client.final_acks.is_empty() && client.sendable.is_empty() {
+                break;
+            }
+        }
+        while let Some(ready) = server.poll_call() {
+            server.complete(now, ready.request_id, 0, vec![9]).unwrap();
+        }
+        let mut replies = Vec::new();
+        while let Some(message) = server.poll_transmit() {
+            let kind = message.kind();
+            let mut bytes = Vec::new();
+            across(message, &mut bytes);
+            replies.push((kind, bytes));
+        }
+        for (kind, bytes) in &replies {
+            if let Ok(Message::RpcReply(reply)) = Message::parse(*kind, bytes) {
+                client.handle_reply(now, &reply);
+            }
+        }
+        assert_eq!(client.outstanding(), 0);
+        assert_eq!(client.final_acks.len(), 20);
+        // The server caches twenty replies: no new call until acks leave.
+        assert_eq!(client.call(now, 1, 0, vec![1]), Err(CallError::Busy));
+        // Many waiting: an ack goes before anything else.
+        let Some(Message::RpcAck(_)) = client.poll_transmit(now) else {
+            panic!("a final ack first");
+        };
+        assert!(client.call(now, 1, 0, vec![1]).is_ok());
     }
 
     #[test]

@@ -556,6 +556,12 @@ impl XdpTransport {
                 encap::parse(data.contents(), encap),
                 Ok((_, dst, _)) if addressed_to(&dst, &self.local, encap)
             );
+            // The swaps below assume an IPv4 header without options.
+            let plain_ipv4 = match encap {
+                Encapsulation::Udp { .. } => data.contents().get(14).is_some_and(|b| b & 0x0f == 5),
+                Encapsulation::Ethernet { .. } => true,
+            };
+            let ours = ours && plain_ipv4;
             if !ours {
                 self.stats.dropped += 1;
                 self.refill.push(slot);
