@@ -751,6 +751,10 @@ pub struct RomReceiver {
     /// announces of older versions are stale.
     newest: u64,
     current: Option<Arc<RomVersion>>,
+    /// The content buffer of a replaced version nobody holds any more,
+    /// kept to assemble the next one in: its pages are already mapped, so
+    /// a large module is not faulted in afresh for every version.
+    spare: Vec<u8>,
     /// Module, version and chunk count of the version completed last, to
     /// answer its chunks with a complete ack.
     completed: Option<(u32, u64, u32)>,
@@ -785,6 +789,9 @@ struct Assembly {
     /// Bytes of `data` in `hasher`.
     hashed: usize,
 }
+
+/// Buffers of replaced versions up to this size are kept for the next.
+const SPARE_MAX: usize = 64 * 1024 * 1024;
 
 /// The prefix hash advances in steps this large (large enough for
 /// BLAKE3's SIMD, small enough to spread the work over the transfer).
@@ -847,6 +854,7 @@ impl RomReceiver {
             authoritative: true,
             newest: 0,
             current: None,
+            spare: Vec::new(),
             completed: None,
             complete_ack_due: false,
             assembly: None,
@@ -935,9 +943,18 @@ impl RomReceiver {
             return;
         };
         let count = chunk_count(announce.size, announce.chunk_size);
+        // Reuse the spare buffer when it is large enough: every byte is
+        // rewritten by the chunks before the version completes.
+        let data = if len > 0 && self.spare.capacity() >= len {
+            let mut data = std::mem::take(&mut self.spare);
+            data.resize(len, 0);
+            data
+        } else {
+            vec![0; len]
+        };
         self.assembly = Some(Assembly {
             announce: *announce,
-            data: vec![0; len],
+            data,
             count,
             received: ChunkBits::new(count),
             base: 0,
@@ -956,7 +973,13 @@ impl RomReceiver {
         self.completed = Some((self.module, version.version, count));
         self.assembly = None;
         self.request_at = None;
-        self.current = Some(Arc::clone(&version));
+        if let Some(old) = self.current.replace(Arc::clone(&version)) {
+            if let Ok(old) = Arc::try_unwrap(old) {
+                if old.data.capacity() <= SPARE_MAX {
+                    self.spare = old.data;
+                }
+            }
+        }
         self.event = Some(version);
         self.stats.versions_completed += 1;
     }
@@ -1901,6 +1924,31 @@ mod tests {
             sim.rx.stats().versions_completed < 5,
             "intermediate versions were skipped"
         );
+    }
+
+    #[test]
+    fn a_released_version_lends_its_buffer_to_a_later_one() {
+        let versions: Vec<Arc<RomVersion>> = (1..=3u8)
+            .map(|v| {
+                let data = content(40 + u64::from(v), 200_000);
+                Arc::new(RomVersion::valid(u64::from(v), data))
+            })
+            .collect();
+        let mut sim = Sim::start(RomConfig::default(), &versions[0], 9);
+        let limit = Duration::from_secs(5);
+        assert!(sim.run_until(limit, |s| s.holds(&versions[0])));
+        let first = sim.rx.current().unwrap().data.as_ptr();
+        for version in &versions[1..] {
+            // The application lets go of what it was given.
+            sim.events.clear();
+            let now = sim.now;
+            sim.tx.update(now, Arc::clone(version));
+            assert!(sim.run_until(limit, |s| s.holds(version)));
+        }
+        // Version 3 was assembled in version 1's buffer, and is intact.
+        let current = sim.rx.current().unwrap();
+        assert_eq!(current.data.as_ptr(), first);
+        assert_eq!(**current, *versions[2]);
     }
 
     #[test]
