@@ -6,44 +6,9 @@ use xrelay_datapath::marshal::to_vec;
 use xrelay_datapath::wire::encap::{self, Encapsulation, ETHERTYPE_RELAY};
 use xrelay_datapath::wire::{Frame, Kind, Message};
 
-/// One fenced ```hex block: its tag (`frame`, `udp`, `raw`, `marshal`) and bytes.
-struct Example {
-    tag: String,
-    line: usize,
-    bytes: Vec<u8>,
-}
+mod doc_examples;
 
-fn examples() -> Vec<Example> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire.md");
-    let text = std::fs::read_to_string(path).expect("docs/wire.md is readable");
-    let mut examples = Vec::new();
-    let mut current: Option<Example> = None;
-    for (index, line) in text.lines().enumerate() {
-        if let Some(tag) = line.strip_prefix("```hex ") {
-            current = Some(Example {
-                tag: tag.trim().to_string(),
-                line: index + 1,
-                bytes: Vec::new(),
-            });
-        } else if line.starts_with("```") {
-            examples.extend(current.take());
-        } else if let Some(example) = current.as_mut() {
-            let data = line.split('#').next().unwrap_or("");
-            let digits: String = data.split_whitespace().collect();
-            assert!(
-                digits.len().is_multiple_of(2),
-                "odd hex digits at docs/wire.md:{}",
-                index + 1
-            );
-            for i in (0..digits.len()).step_by(2) {
-                let byte = u8::from_str_radix(&digits[i..i + 2], 16)
-                    .unwrap_or_else(|_| panic!("bad hex at docs/wire.md:{}", index + 1));
-                example.bytes.push(byte);
-            }
-        }
-    }
-    examples
-}
+use doc_examples::examples;
 
 fn check_frame(bytes: &[u8], line: usize) -> Kind {
     let (frame, len) = Frame::parse(bytes).unwrap_or_else(|e| panic!("docs/wire.md:{line}: {e}"));

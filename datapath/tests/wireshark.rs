@@ -5,7 +5,11 @@
 //! captures on the UDP node's interface, where the AF_XDP node's frames
 //! arrive with the headers and checksums our code wrote. `tshark` must
 //! then decode every packet as xrelay, name every field of every kind, and
-//! find every IPv4 and UDP checksum valid.
+//! find every IPv4 and UDP checksum valid. And every example of
+//! docs/wire.md, written to a pcap file, must come out of tshark with the
+//! kind, channel, sequence and body length the Rust parser reads.
+
+mod doc_examples;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -213,4 +217,135 @@ fn tshark_decodes_every_kind_with_every_field_and_valid_checksums() {
     if std::env::var_os("XRELAY_KEEP_CAPTURE").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A pcap file (Ethernet link type) of `packets`.
+fn pcap(packets: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // magic
+    out.extend_from_slice(&2u16.to_le_bytes()); // version 2.4
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes()); // UTC
+    out.extend_from_slice(&0u32.to_le_bytes()); // accuracy
+    out.extend_from_slice(&65535u32.to_le_bytes()); // snap length
+    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for (i, packet) in packets.iter().enumerate() {
+        let len = u32::try_from(packet.len()).unwrap();
+        out.extend_from_slice(&u32::try_from(i + 1).unwrap().to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(packet);
+    }
+    out
+}
+
+#[test]
+fn tshark_reads_the_values_of_every_example_of_the_wire_document() {
+    use xrelay_datapath::wire::encap::{self, Encapsulation, ETHERTYPE_RELAY};
+    use xrelay_datapath::wire::ethernet::EthernetAddress;
+    use xrelay_datapath::wire::Frame;
+
+    // Every frame example of docs/wire.md: bare frames wrapped in
+    // Ethernet + IPv4 + UDP (port 9555), the encapsulated ones as they are.
+    let (src, dst) = (
+        Endpoint {
+            mac: EthernetAddress([2, 0x78, 0x72, 0, 0, 1]),
+            ip: std::net::Ipv4Addr::new(198, 18, 0, 1),
+            port: DEFAULT_UDP_PORT,
+        },
+        Endpoint {
+            mac: EthernetAddress([2, 0x78, 0x72, 0, 0, 2]),
+            ip: std::net::Ipv4Addr::new(198, 18, 0, 2),
+            port: DEFAULT_UDP_PORT,
+        },
+    );
+    let mut packets = Vec::new();
+    let mut expected = Vec::new();
+    for example in doc_examples::examples() {
+        let (packet, relay) = match example.tag.as_str() {
+            "frame" => {
+                let udp = Encapsulation::default();
+                let mut packet = vec![0; udp.frame_len(example.bytes.len())];
+                let start = udp.header_len();
+                packet[start..start + example.bytes.len()].copy_from_slice(&example.bytes);
+                encap::emit(udp, &src, &dst, example.bytes.len(), &mut packet);
+                (packet, example.bytes.clone())
+            }
+            "udp" | "raw" => {
+                let encap = if example.tag == "udp" {
+                    Encapsulation::default()
+                } else {
+                    Encapsulation::Ethernet {
+                        ethertype: ETHERTYPE_RELAY,
+                    }
+                };
+                let (_, _, relay) = encap::parse(&example.bytes, encap).unwrap();
+                (example.bytes.clone(), relay.to_vec())
+            }
+            _ => continue,
+        };
+        let (frame, _) =
+            Frame::parse(&relay).unwrap_or_else(|e| panic!("docs/wire.md:{}: {e}", example.line));
+        expected.push(format!(
+            "{:#04x},{},{},{}",
+            u8::from(frame.message.kind()),
+            frame.channel,
+            frame.sequence,
+            u16::from_le_bytes([relay[6], relay[7]])
+        ));
+        packets.push(packet);
+    }
+    let dir = std::env::temp_dir().join(format!("xrelay-wire-examples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("examples.pcap");
+    std::fs::write(&file, pcap(&packets)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/xrelay.lua");
+    let tshark = |args: &[&str]| {
+        let output = Command::new("tshark")
+            .args(["-X", &format!("lua_script:{script}")])
+            .args([
+                "-o",
+                "ip.check_checksum:TRUE",
+                "-o",
+                "udp.check_checksum:TRUE",
+                "-r",
+            ])
+            .arg(&file)
+            .args(args)
+            .output()
+            .expect("tshark (scripts/setup installs it)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let fields = tshark(&[
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "xrelay.kind",
+        "-e",
+        "xrelay.channel",
+        "-e",
+        "xrelay.sequence",
+        "-e",
+        "xrelay.body_len",
+    ]);
+    let got: Vec<&str> = fields.lines().collect();
+    assert_eq!(got, expected, "tshark's values against the Rust parser's");
+    let verbose = tshark(&["-V"]);
+    for bad in [
+        "Malformed",
+        "Expert Info (Error",
+        "Expert Info (Warning",
+        "Checksum Status: Bad",
+    ] {
+        assert!(!verbose.contains(bad), "{bad:?} in:\n{verbose}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
