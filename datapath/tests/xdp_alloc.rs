@@ -6,7 +6,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use xrelay_datapath::netns::{self, VethPair};
@@ -23,13 +24,22 @@ struct Counting;
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// A runtime's datapath thread of the handoff test.
+    static RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+/// The handoff test counts on its runtime threads while this is set.
+static ARMED: AtomicBool = AtomicBool::new(false);
+static RUNTIME_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
 fn note_allocation() {
     if COUNTING.try_with(Cell::get).unwrap_or(false) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+    if ARMED.load(Ordering::Relaxed) && RUNTIME_THREAD.try_with(Cell::get).unwrap_or(false) {
+        RUNTIME_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -144,5 +154,98 @@ fn the_steady_state_loop_allocates_nothing() {
         ALLOCATIONS.load(Ordering::Relaxed),
         0,
         "allocations while {sent} signals were sent and {received} frames received"
+    );
+}
+
+/// Two queues per side, each a runtime with its own node, joined by a
+/// handoff group; every peer is owned by the queue its frames do *not*
+/// arrive on (veth keeps the queue), so every frame is handed over. After
+/// a warm-up, no runtime thread allocates while signals flow.
+#[test]
+fn handing_frames_to_the_owning_queue_allocates_nothing() {
+    use xrelay_datapath::runtime::{Handoff, Runtime, RuntimeConfig};
+    use xrelay_datapath::transport::xdp::XdpProgram;
+
+    let pair = VethPair::new(2).unwrap_or_else(|e| panic!("namespaces (needs root): {e}"));
+    let (a_at, b_at) = (relay(pair.a.endpoint), relay(pair.b.endpoint));
+    // A: peer b owned by queue 0 (its frames from b arrive on queue 1).
+    // B: peer a owned by queue 1 (its frames from a arrive on queue 0).
+    let side = |host: &netns::Host, peer: &str, peer_at: Endpoint, owner: usize| {
+        netns::enter(host.ns.name()).unwrap();
+        let program = XdpProgram::attach(
+            &host.interface,
+            xrelay_datapath::transport::xdp::AttachMode::Auto,
+            xrelay_datapath::wire::encap::Encapsulation::default(),
+        )
+        .expect("the XDP program (needs root)");
+        let program = Arc::new(Mutex::new(program));
+        let group = Handoff::group(2);
+        group[0].assign(&peer_at, owner);
+        let mut runtimes = Vec::new();
+        for (queue, handoff) in group.into_iter().enumerate() {
+            let peers = if queue == owner {
+                vec![(peer.to_owned(), peer_at)]
+            } else {
+                Vec::new()
+            };
+            let mut config = RuntimeConfig::new(peers);
+            config.handoff = Some(handoff);
+            let xdp = XdpConfig {
+                queue: u32::try_from(queue).unwrap(),
+                ..XdpConfig::new(&host.interface, host.endpoint.ip)
+            };
+            let program = Arc::clone(&program);
+            let ns = host.ns.name().to_owned();
+            runtimes.push(
+                Runtime::spawn(&format!("alloc-q{queue}"), config, move || {
+                    RUNTIME_THREAD.with(|c| c.set(true));
+                    netns::enter(&ns).unwrap();
+                    XdpTransport::with_program(xdp, program)
+                })
+                .unwrap(),
+            );
+        }
+        runtimes
+    };
+    let a = std::thread::scope(|s| s.spawn(|| side(&pair.a, "b", b_at, 0)).join().unwrap());
+    let b = std::thread::scope(|s| s.spawn(|| side(&pair.b, "a", a_at, 1)).join().unwrap());
+    let handler = b[1].export_signal("bench").unwrap();
+    b[0].export_signal_to("bench", &handler).unwrap();
+    let transmitter = a[0]
+        .open_signal("b", "bench")
+        .expect("the session, through handoffs");
+
+    // Warm up, then count while signals flow.
+    let mut submitted = 0u64;
+    let mut flow = |duration: Duration| {
+        let until = StdInstant::now() + duration;
+        while StdInstant::now() < until {
+            transmitter.submit().unwrap();
+            submitted += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    };
+    flow(Duration::from_millis(500));
+    let before = handler.poll().unwrap_or(0);
+    ARMED.store(true, Ordering::Relaxed);
+    flow(Duration::from_millis(700));
+    ARMED.store(false, Ordering::Relaxed);
+    assert!(transmitter.flush(Duration::from_secs(5)).unwrap());
+    let delivered = before + handler.poll().unwrap_or(0);
+    assert!(delivered > 1000, "only {delivered} signals delivered");
+    // Every frame of the session crossed queues on both sides.
+    let handed: Vec<u64> = a
+        .iter()
+        .chain(&b)
+        .map(|r| r.report().unwrap().handoff.sent)
+        .collect();
+    assert!(
+        handed[1] > 0 && handed[2] > 0,
+        "handoffs per queue: {handed:?}"
+    );
+    assert_eq!(
+        RUNTIME_ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "allocations on the runtime threads while {submitted} signals went through handoffs"
     );
 }
