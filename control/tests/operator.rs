@@ -115,6 +115,9 @@ fn the_operator_cli_reaches_routed_services_and_reload_changes_them() {
     let path_b = write("op-b", &server(pb, pa, &first_text, false, true));
     let a = Daemon::start(&path_a);
     let b = Daemon::start(&path_b);
+    // "running" comes once the control socket is there.
+    a.expect("node \"a\" running on udp");
+    b.expect("node \"b\" running on udp");
     a.expect("peer b: Up");
     b.expect("peer a: Up");
     let (sa, sb) = (socket_path("op-a"), socket_path("op-b"));

@@ -410,6 +410,9 @@ fn two_queues(tag: &'static str, extra: &str) {
     let g = Daemon::start_in(lan.hosts[2].ns.name(), &path_g);
     b.expect("node \"b\" running on xdp at 198.18.0.2 (2 queues");
     b.expect("AF_XDP queue 1:");
+    // "running" comes once the control socket is there.
+    a.expect("node \"a\" running on xdp");
+    g.expect("node \"g\" running on xdp");
     a.expect("peer b: Up");
     g.expect("peer b: Up");
     let (sa, sb, sg) = (socket(tag, "a"), socket(tag, "b"), socket(tag, "g"));
