@@ -54,6 +54,11 @@ use crate::wire::session::{
 };
 use crate::wire::{Error as WireError, Flags, Frame, Message};
 
+/// Events the queue holds without growing: more than one iteration of
+/// the datapath produces (a receive batch, frames handed over from other
+/// queues, timers).
+const EVENT_ROOM: usize = 512;
+
 /// Fixed body bytes before an RPC fragment's data (RPC_CALL, the larger).
 const RPC_FIXED: usize = 28;
 /// Fixed body bytes before a ROM chunk's data.
@@ -507,7 +512,9 @@ impl Node {
             // previous run still in flight must not match this run's.
             next_open_id: rng.u32(1..),
             rng,
-            events: VecDeque::new(),
+            // Room for the events of the largest batch, so that the
+            // queue does not grow (allocate) in the steady state.
+            events: VecDeque::with_capacity(EVENT_ROOM),
             stats: NodeStats::default(),
             peer_turn: 0,
             reply: Vec::new(),
