@@ -70,29 +70,25 @@ fn jobs(quick: bool, seconds: f64) -> Vec<Job> {
     add(
         "raw_frames".into(),
         Backend::RawXdp,
-        Box::new(move || frame_rate("raw_frames", Backend::RawXdp, seconds)),
+        Box::new(move || frame_rate("raw_frames", Backend::RawXdp, seconds, None)),
     );
     add(
         "raw_frames_full".into(),
         Backend::RawXdp,
         Box::new(move || {
-            let rates =
-                frames::measure_sized(Backend::RawXdp, seconds, false, Some(chunk_bytes()))?;
-            Ok(Measurement {
-                name: "raw_frames_full".into(),
-                backend: Backend::RawXdp,
-                frames_per_s: Some(rates.received),
-                bytes_per_s: None,
-                ops_per_s: None,
-                latency: None,
-            })
+            frame_rate(
+                "raw_frames_full",
+                Backend::RawXdp,
+                seconds,
+                Some(chunk_bytes()),
+            )
         }),
     );
     for backend in RELAY {
         add(
             "signal_throughput".into(),
             backend,
-            Box::new(move || frame_rate("signal_throughput", backend, seconds)),
+            Box::new(move || frame_rate("signal_throughput", backend, seconds, None)),
         );
     }
     add(
@@ -176,8 +172,14 @@ fn chunk_bytes() -> usize {
     Node::new(NodeConfig::new(1472)).map_or(1, |n| n.config().rom.chunk_size as usize)
 }
 
-fn frame_rate(name: &str, backend: Backend, seconds: f64) -> Result<Measurement, String> {
-    let rates = frames::measure(backend, seconds, false)?;
+/// A frame-rate scenario ([`frames::measure_sized`]).
+fn frame_rate(
+    name: &str,
+    backend: Backend,
+    seconds: f64,
+    chunk: Option<usize>,
+) -> Result<Measurement, String> {
+    let rates = frames::measure_sized(backend, seconds, false, chunk)?;
     Ok(Measurement {
         name: name.to_owned(),
         backend,
@@ -302,17 +304,15 @@ pub fn machine() -> Value {
     })
 }
 
-fn quantiles(h: &Histogram<u64>) -> [(f64, &'static str); 6] {
-    let _ = h;
-    [
-        (0.5, "p50_ns"),
-        (0.9, "p90_ns"),
-        (0.99, "p99_ns"),
-        (0.999, "p999_ns"),
-        (0.9999, "p9999_ns"),
-        (1.0, "max_ns"),
-    ]
-}
+/// The percentiles reported, and their JSON keys.
+const QUANTILES: [(f64, &str); 6] = [
+    (0.5, "p50_ns"),
+    (0.9, "p90_ns"),
+    (0.99, "p99_ns"),
+    (0.999, "p999_ns"),
+    (0.9999, "p9999_ns"),
+    (1.0, "max_ns"),
+];
 
 fn report_json(results: &[Measurement], seconds: f64, quick: bool) -> Value {
     let scenarios: Vec<Value> = results
@@ -330,7 +330,7 @@ fn report_json(results: &[Measurement], seconds: f64, quick: bool) -> Value {
             }
             if let Some(h) = &m.latency {
                 v["samples"] = json!(h.len());
-                for (q, key) in quantiles(h) {
+                for (q, key) in QUANTILES {
                     v[key] = json!(if h.is_empty() {
                         0
                     } else {
@@ -480,7 +480,7 @@ fn table(results: &[Measurement], seconds: f64, quick: bool) -> String {
         };
         let _ = write!(out, "{:<24} {:<8} {:>14}", r.name, r.backend.name(), tp);
         if let Some(h) = r.latency.as_ref().filter(|h| !h.is_empty()) {
-            for (q, _) in quantiles(h) {
+            for (q, _) in QUANTILES {
                 let _ = write!(out, " {:>9}", micros(h.value_at_quantile(q)));
             }
         }

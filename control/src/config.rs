@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
+use xrelay_datapath::wire::ethernet::EthernetAddress;
 
 /// A configuration error: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,19 +310,6 @@ struct Checker<'a> {
     warnings: Vec<String>,
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut bytes = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut bytes {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(bytes)
-}
-
 impl Checker<'_> {
     fn error<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
         let line = if at.span().is_empty() && at.span().start == 0 {
@@ -494,7 +482,7 @@ impl Checker<'_> {
                 }
             }
             if let Some(mac) = &peer.mac {
-                if parse_mac(mac.get_ref()).is_none() {
+                if mac.get_ref().parse::<EthernetAddress>().is_err() {
                     self.error(
                         mac,
                         format!("peer[{i}].mac"),

@@ -45,21 +45,12 @@ fn service(choice: ServiceChoice) -> Service {
     }
 }
 
+/// A pair key: 64 hex digits (`xrelay check` has verified them).
 fn hex_key(text: &str) -> Option<[u8; 32]> {
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
-}
-
-fn mac(text: &str) -> Option<EthernetAddress> {
-    let mut bytes = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut bytes {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    Some(EthernetAddress(bytes))
+    crate::decode::parse_hex(&[text.to_owned()])
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 fn node_port(config: &Config) -> u16 {
@@ -84,7 +75,10 @@ fn peer_endpoint(
         .get_ref()
         .parse()
         .map_err(|e| format!("peer address: {e}"))?;
-    let mac = match (peer.mac.as_ref().and_then(|m| mac(m.get_ref())), neighbours) {
+    let mac = match (
+        peer.mac.as_ref().and_then(|m| m.get_ref().parse().ok()),
+        neighbours,
+    ) {
         (Some(mac), _) => mac,
         (None, Some(interface)) => neighbour_mac(name, interface, ip).map_err(|e| e.to_string())?,
         (None, None) => EthernetAddress::default(),
@@ -531,7 +525,7 @@ impl Daemon {
             let holder = registered
                 .peers
                 .iter()
-                .find(|(_, e)| (e.ip, e.port) == (endpoint.ip, endpoint.port));
+                .find(|(_, e)| e.same_address(&endpoint));
             if let Some((holder, _)) = holder {
                 notes.push(format!(
                     "peer {name:?}: its address is {holder:?}'s in the running datapath; \

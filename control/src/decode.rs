@@ -16,7 +16,7 @@ pub struct Args {
     port: u16,
 }
 
-fn parse_hex(words: &[String]) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_hex(words: &[String]) -> Result<Vec<u8>, String> {
     let digits: String = words
         .iter()
         .map(|w| w.split('#').next().unwrap_or(""))

@@ -421,7 +421,7 @@ fn send_version(
         "version": version.version,
         "removed": version.state == RomState::Removed,
         "bytes": version.data.len(),
-        "blake3": version.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "blake3": blake3::Hash::from(version.hash).to_hex().as_str(),
     });
     write_line(stream, &header)?;
     let mut out = stream;

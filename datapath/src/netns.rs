@@ -168,35 +168,9 @@ impl VethPair {
             "netns",
             ns_b.name(),
         ])?;
-        let host = |ns: Namespace, interface: String, n: u8| -> Result<Host, NetnsError> {
-            let ip = Ipv4Addr::new(198, 18, 0, n);
-            let mac = EthernetAddress([0x02, 0x78, 0x72, 0, 0, n]);
-            let mac_text = format!("02:78:72:00:00:{n:02x}");
-            ns.exec(&["ip", "link", "set", &interface, "address", &mac_text])?;
-            ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &interface])?;
-            ns.exec(&["ip", "link", "set", &interface, "up"])?;
-            ns.exec(&["ethtool", "-K", &interface, "tx", "off"])?;
-            Ok(Host {
-                ns,
-                interface,
-                endpoint: Endpoint { mac, ip, port: 0 },
-            })
-        };
-        let a = host(ns_a, if_a, 1)?;
-        let b = host(ns_b, if_b, 2)?;
-        // Each side knows the other's address without ARP.
-        for (from, to) in [(&a, &b), (&b, &a)] {
-            from.ns.exec(&[
-                "ip",
-                "neigh",
-                "replace",
-                &to.endpoint.ip.to_string(),
-                "lladdr",
-                &format_mac(to.endpoint.mac),
-                "dev",
-                &from.interface,
-            ])?;
-        }
+        let a = Host::configure(ns_a, if_a, 1)?;
+        let b = Host::configure(ns_b, if_b, 2)?;
+        introduce(&[&a, &b])?;
         Ok(VethPair { a, b })
     }
 }
@@ -264,47 +238,49 @@ impl Lan {
             ])?;
             lan.switch
                 .exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
-            let ip = Ipv4Addr::new(198, 18, 0, n);
-            let mac = EthernetAddress([0x02, 0x78, 0x72, 0, 0, n]);
-            ns.exec(&["ip", "link", "set", &name, "address", &format_mac(mac)])?;
-            ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &name])?;
-            ns.exec(&["ip", "link", "set", &name, "up"])?;
-            ns.exec(&["ethtool", "-K", &name, "tx", "off"])?;
-            lan.hosts.push(Host {
-                ns,
-                interface: name,
-                endpoint: Endpoint { mac, ip, port: 0 },
-            });
+            lan.hosts.push(Host::configure(ns, name, n)?);
             lan.ports.push(port);
         }
-        for from in &lan.hosts {
-            for to in lan
-                .hosts
-                .iter()
-                .filter(|h| h.endpoint.ip != from.endpoint.ip)
-            {
-                from.ns.exec(&[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    &to.endpoint.ip.to_string(),
-                    "lladdr",
-                    &format_mac(to.endpoint.mac),
-                    "dev",
-                    &from.interface,
-                ])?;
-            }
-        }
+        introduce(&lan.hosts.iter().collect::<Vec<_>>())?;
         Ok(lan)
     }
 }
 
-fn format_mac(mac: EthernetAddress) -> String {
-    let b = mac.0;
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5]
-    )
+impl Host {
+    /// Host `n` on `interface` in `ns`: 198.18.0.`n`/24 and Ethernet
+    /// address 02:78:72:00:00:`n`, the link up, TX checksum offload off.
+    fn configure(ns: Namespace, interface: String, n: u8) -> Result<Host, NetnsError> {
+        let ip = Ipv4Addr::new(198, 18, 0, n);
+        let mac = EthernetAddress([0x02, 0x78, 0x72, 0, 0, n]);
+        ns.exec(&["ip", "link", "set", &interface, "address", &mac.to_string()])?;
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &interface])?;
+        ns.exec(&["ip", "link", "set", &interface, "up"])?;
+        ns.exec(&["ethtool", "-K", &interface, "tx", "off"])?;
+        Ok(Host {
+            ns,
+            interface,
+            endpoint: Endpoint { mac, ip, port: 0 },
+        })
+    }
+}
+
+/// Every host learns every other's Ethernet address without ARP.
+fn introduce(hosts: &[&Host]) -> Result<(), NetnsError> {
+    for from in hosts {
+        for to in hosts.iter().filter(|h| h.endpoint.ip != from.endpoint.ip) {
+            from.ns.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &to.endpoint.ip.to_string(),
+                "lladdr",
+                &to.endpoint.mac.to_string(),
+                "dev",
+                &from.interface,
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether an XDP program is attached to `interface` in namespace `ns`.

@@ -925,7 +925,7 @@ fn validate(node: &Node, change: &Reconfiguration, keyed: &[String]) -> Result<(
             || node.peer_by_address(endpoint).is_some()
             || change.add_peers[..i]
                 .iter()
-                .any(|(n, e)| n == name || (e.ip, e.port) == (endpoint.ip, endpoint.port));
+                .any(|(n, e)| n == name || e.same_address(endpoint));
         if clash {
             return Err(RuntimeError::Node(NodeError::DuplicatePeer(name.clone())));
         }

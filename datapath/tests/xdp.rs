@@ -36,8 +36,24 @@ fn relay(endpoint: Endpoint) -> Endpoint {
 
 /// A runtime on the AF_XDP socket of `host`'s veth, inside its namespace.
 fn xdp_node(name: &str, host: &netns::Host, peer: &str, peer_at: Endpoint) -> Runtime {
+    xdp_node_with(
+        name,
+        host,
+        peer,
+        peer_at,
+        XdpConfig::new(&host.interface, host.endpoint.ip),
+    )
+}
+
+/// [`xdp_node`] with the transport configured by `config`.
+fn xdp_node_with(
+    name: &str,
+    host: &netns::Host,
+    peer: &str,
+    peer_at: Endpoint,
+    config: XdpConfig,
+) -> Runtime {
     let ns = host.ns.name().to_owned();
-    let config = XdpConfig::new(&host.interface, host.endpoint.ip);
     Runtime::spawn(
         name,
         RuntimeConfig::new(vec![(peer.to_owned(), relay(peer_at))]),
@@ -523,26 +539,14 @@ fn raw_ethernet_frames_carry_rpc_between_af_xdp_nodes() {
     use xrelay_datapath::wire::encap::Encapsulation;
     use xrelay_datapath::wire::ethernet::ETHERTYPE_RELAY;
     let pair = topology();
-    let node = |name: &str, host: &netns::Host, peer: &str, peer_at: Endpoint| {
-        let ns = host.ns.name().to_owned();
-        let config = XdpConfig {
-            encap: Encapsulation::Ethernet {
-                ethertype: ETHERTYPE_RELAY,
-            },
-            ..XdpConfig::new(&host.interface, host.endpoint.ip)
-        };
-        Runtime::spawn(
-            name,
-            RuntimeConfig::new(vec![(peer.to_owned(), relay(peer_at))]),
-            move || {
-                netns::enter(&ns).map_err(|e| TransportError::Config(e.to_string()))?;
-                XdpTransport::new(config)
-            },
-        )
-        .unwrap_or_else(|e| panic!("starting {name} over AF_XDP (needs root): {e}"))
+    let ethernet = |host: &netns::Host| XdpConfig {
+        encap: Encapsulation::Ethernet {
+            ethertype: ETHERTYPE_RELAY,
+        },
+        ..XdpConfig::new(&host.interface, host.endpoint.ip)
     };
-    let a = node("eth-a", &pair.a, "b", pair.b.endpoint);
-    let b = node("eth-b", &pair.b, "a", pair.a.endpoint);
+    let a = xdp_node_with("eth-a", &pair.a, "b", pair.b.endpoint, ethernet(&pair.a));
+    let b = xdp_node_with("eth-b", &pair.b, "a", pair.a.endpoint, ethernet(&pair.b));
     b.export_rpc("kv", KvStoreServer(MemoryStore::new(100)))
         .unwrap();
     kv_round(&a, "b", "ethernet", 50);

@@ -542,7 +542,7 @@ impl Node {
         if self
             .peers
             .iter()
-            .any(|p| p.name == name || same_address(&p.endpoint, &endpoint))
+            .any(|p| p.name == name || p.endpoint.same_address(&endpoint))
         {
             return Err(NodeError::DuplicatePeer(name.to_owned()));
         }
@@ -638,7 +638,7 @@ impl Node {
     pub fn peer_by_address(&self, endpoint: &Endpoint) -> Option<PeerId> {
         self.peers
             .iter()
-            .position(|p| same_address(&p.endpoint, endpoint))
+            .position(|p| p.endpoint.same_address(endpoint))
             .map(PeerId)
     }
 
@@ -996,7 +996,7 @@ impl Node {
         let Some(p) = self
             .peers
             .iter()
-            .position(|p| same_address(&p.endpoint, &from))
+            .position(|p| p.endpoint.same_address(&from))
         else {
             return false;
         };
@@ -1723,16 +1723,6 @@ impl Node {
             }
         }
         next
-    }
-}
-
-/// Whether two endpoints name the same node: by IPv4 address and port when
-/// known, else by Ethernet address.
-fn same_address(a: &Endpoint, b: &Endpoint) -> bool {
-    if a.ip.is_unspecified() || b.ip.is_unspecified() {
-        a.mac == b.mac
-    } else {
-        a.ip == b.ip && a.port == b.port
     }
 }
 

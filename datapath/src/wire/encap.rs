@@ -78,6 +78,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Whether `self` and `other` name the same node: by IPv4 address and
+    /// port when both know them, else (raw Ethernet) by Ethernet address.
+    pub fn same_address(&self, other: &Endpoint) -> bool {
+        if self.ip.is_unspecified() || other.ip.is_unspecified() {
+            self.mac == other.mac
+        } else {
+            self.ip == other.ip && self.port == other.port
+        }
+    }
+
     /// An endpoint known only by its Ethernet address.
     pub const fn ethernet(mac: EthernetAddress) -> Endpoint {
         Endpoint {

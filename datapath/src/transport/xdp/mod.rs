@@ -279,7 +279,7 @@ pub fn neighbour_mac(
     let mut words = text.split_whitespace();
     while let Some(word) = words.next() {
         if word == "lladdr" {
-            if let Some(mac) = words.next().and_then(parse_mac) {
+            if let Some(mac) = words.next().and_then(|w| w.parse().ok()) {
                 return Ok(mac);
             }
         }
@@ -292,24 +292,6 @@ pub fn neighbour_mac(
             text.trim()
         }
     )))
-}
-
-/// Whether a frame's destination is this endpoint: its IP address and
-/// UDP port (and MAC), or with raw Ethernet, which carries no IP, its MAC.
-fn addressed_to(dst: &Endpoint, local: &Endpoint, encap: Encapsulation) -> bool {
-    match encap {
-        Encapsulation::Udp { .. } => dst == local,
-        Encapsulation::Ethernet { .. } => dst.mac == local.mac,
-    }
-}
-
-fn parse_mac(text: &str) -> Option<EthernetAddress> {
-    let mut bytes = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut bytes {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(EthernetAddress(bytes))
 }
 
 /// Socket options of the busy-poll family (linux/asm-generic/socket.h).
@@ -554,7 +536,7 @@ impl XdpTransport {
             let mut data = unsafe { self.umem.data_mut(&mut slot.0) };
             let ours = matches!(
                 encap::parse(data.contents(), encap),
-                Ok((_, dst, _)) if addressed_to(&dst, &self.local, encap)
+                Ok((_, dst, _)) if dst.same_address(&self.local)
             );
             // The swaps below assume an IPv4 header without options.
             let plain_ipv4 = match encap {
@@ -585,6 +567,14 @@ impl XdpTransport {
             reflected += 1;
         }
         self.return_to_fill_ring();
+        self.wake_fill_ring()?;
+        self.stats.received += reflected as u64;
+        self.flush(now)?;
+        Ok(reflected)
+    }
+
+    /// Wakes the kernel when the fill ring asks for it (NEED_WAKEUP).
+    fn wake_fill_ring(&mut self) -> Result<(), TransportError> {
         if self.fill.needs_wakeup() {
             self.stats.wakeups += 1;
             self.fill
@@ -594,9 +584,7 @@ impl XdpTransport {
                     source,
                 })?;
         }
-        self.stats.received += reflected as u64;
-        self.flush(now)?;
-        Ok(reflected)
+        Ok(())
     }
 
     /// Takes back the frames the kernel has finished sending.
@@ -681,7 +669,7 @@ impl Transport for XdpTransport {
             // only here, before it goes back to the fill ring.
             let data = unsafe { self.umem.data(desc) };
             match encap::parse(data.contents(), self.config.encap) {
-                Ok((src, dst, relay)) if addressed_to(&dst, &self.local, self.config.encap) => {
+                Ok((src, dst, relay)) if dst.same_address(&self.local) => {
                     deliver(src, relay);
                     delivered += 1;
                 }
@@ -695,15 +683,7 @@ impl Transport for XdpTransport {
         self.refill
             .extend(self.batch[..n].iter().copied().map(Slot));
         self.return_to_fill_ring();
-        if self.fill.needs_wakeup() {
-            self.stats.wakeups += 1;
-            self.fill
-                .wakeup(self.rx.fd_mut(), 0)
-                .map_err(|source| TransportError::Syscall {
-                    call: "poll",
-                    source,
-                })?;
-        }
+        self.wake_fill_ring()?;
         self.stats.received += delivered as u64;
         Ok(delivered)
     }
