@@ -13,7 +13,7 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,6 +143,42 @@ fn rpc_signals_and_rom_cross_af_xdp() {
     assert_eq!(current.hash, *blake3::hash(&content).as_bytes());
     let stats = b.stats().unwrap();
     assert_eq!(stats.malformed + stats.unknown_peer, 0, "{stats:?}");
+}
+
+#[test]
+fn auto_attaches_generic_on_veth_and_native_still_works() {
+    use xrelay_datapath::transport::xdp::program::{auto_prefers_generic, driver};
+    use xrelay_datapath::transport::xdp::AttachMode;
+
+    let pair = topology();
+    let ns = pair.a.ns.name().to_owned();
+    let interface = pair.a.interface.clone();
+    let (name, generic, missing, modes) = std::thread::spawn(move || {
+        netns::enter(&ns).unwrap();
+        let transport = XdpTransport::new(XdpConfig::new(&interface, Ipv4Addr::new(198, 18, 0, 1)))
+            .unwrap_or_else(|e| panic!("AF_XDP on {interface} (needs root): {e}"));
+        (
+            driver(&interface),
+            auto_prefers_generic(&interface),
+            driver("xrelay-none0"),
+            transport.modes().0,
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(name.as_deref(), Some("veth"));
+    assert!(generic);
+    assert_eq!(missing, None);
+    assert_eq!(modes, AttachMode::Generic);
+
+    // Native mode, asked for, still carries calls to a node in auto mode.
+    let mut native = XdpConfig::new(&pair.a.interface, pair.a.endpoint.ip);
+    native.attach = AttachMode::Native;
+    let a = xdp_node_with("xdp-a", &pair.a, "b", pair.b.endpoint, native);
+    let b = xdp_node("xdp-b", &pair.b, "a", pair.a.endpoint);
+    b.export_rpc("kv", KvStoreServer(MemoryStore::new(1000)))
+        .unwrap();
+    kv_round(&a, "b", "n", 50);
 }
 
 #[test]

@@ -39,9 +39,97 @@ fn error(what: &str, detail: impl std::fmt::Display) -> TransportError {
     TransportError::Config(format!("{what}: {detail}"))
 }
 
+/// Drivers whose native XDP hook gains nothing for AF_XDP in copy mode:
+/// veth runs its native hook on the socket buffers a sender's kernel made,
+/// converting (and, short of headroom, copying) each one first, so the
+/// generic hook is cheaper. Measured on veth (docs/xdp.md): generic gives
+/// about 5 % more frames per second and a round trip 0.6-0.8 µs shorter.
+const GENERIC_IS_FASTER: &[&str] = &["veth"];
+
+/// Whether `Auto` attaches `interface` in generic mode: its driver is one
+/// of [`GENERIC_IS_FASTER`].
+pub fn auto_prefers_generic(interface: &str) -> bool {
+    driver(interface).is_some_and(|name| GENERIC_IS_FASTER.contains(&name.as_str()))
+}
+
+/// `struct ethtool_drvinfo` of linux/ethtool.h, the answer to
+/// `ETHTOOL_GDRVINFO`.
+#[repr(C)]
+struct DriverInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `ETHTOOL_GDRVINFO` (linux/ethtool.h).
+const ETHTOOL_GDRVINFO: u32 = 3;
+
+/// The name of `interface`'s driver in the calling thread's network
+/// namespace (what `ethtool -i` prints), or `None` when the interface does
+/// not exist or the driver does not say.
+pub fn driver(interface: &str) -> Option<String> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let name = interface.as_bytes();
+    if name.is_empty() || name.len() >= nix::libc::IFNAMSIZ {
+        return None;
+    }
+    // Any socket of the namespace answers interface ioctls; this one is
+    // never bound and sends nothing.
+    let probe = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let mut info = DriverInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    // SAFETY: `ifreq` is plain old data, valid all zeros.
+    let mut request: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, &from) in request.ifr_name.iter_mut().zip(name) {
+        *to = from.cast_signed();
+    }
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: `probe` is an open socket; `request` names the interface
+    // (NUL-terminated: shorter than IFNAMSIZ, rest zero) and points at
+    // `info`, a live `ethtool_drvinfo` the kernel fills, for the duration
+    // of the call.
+    let result =
+        unsafe { nix::libc::ioctl(probe.as_raw_fd(), nix::libc::SIOCETHTOOL, &raw mut request) };
+    if result != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    std::str::from_utf8(&info.driver[..len])
+        .ok()
+        .map(str::to_owned)
+}
+
 impl XdpProgram {
     /// Loads the program for `encap` and attaches it to `interface` in
-    /// `mode` (`Auto`: native, else generic).
+    /// `mode`. `Auto` is generic on veth (see [`auto_prefers_generic`]),
+    /// else native, falling back to generic.
     pub fn attach(
         interface: &str,
         mode: AttachMode,
@@ -72,6 +160,9 @@ impl XdpProgram {
         let tries: &[(AttachMode, XdpMode)] = match mode {
             AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
             AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
+            AttachMode::Auto if auto_prefers_generic(interface) => {
+                &[(AttachMode::Generic, XdpMode::Skb)]
+            }
             AttachMode::Auto => &[
                 (AttachMode::Native, XdpMode::Driver),
                 (AttachMode::Generic, XdpMode::Skb),
