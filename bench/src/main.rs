@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod frames;
+mod nodes;
 mod pair;
 mod plot;
 mod scenarios;
@@ -64,6 +65,16 @@ enum Command {
         /// Authenticate the relay's frames (ChaCha20-Poly1305, replay window).
         #[arg(long)]
         authenticate: bool,
+    },
+    /// Relay CPU per RPC round trip: two nodes in one thread, frames
+    /// handed across directly (no transport), one call outstanding.
+    Nodes {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Argument bytes per call.
+        #[arg(long, default_value_t = 32)]
+        payload: usize,
     },
     /// RPC engine cost: calls per second through client and server engines.
     Engine {
@@ -227,6 +238,12 @@ fn main() {
             }
         }
         Command::Codec { seconds } => codec(seconds),
+        Command::Nodes { seconds, payload } => {
+            if let Err(error) = nodes::run(seconds, payload) {
+                eprintln!("xrelay-bench nodes: {error}");
+                std::process::exit(1);
+            }
+        }
         Command::Engine {
             seconds,
             outstanding,

@@ -75,10 +75,10 @@ fn record(histogram: &mut Histogram<u64>, latency: Duration) {
 }
 
 /// The interface id of the echo service.
-const ECHO: u32 = 0x4543_484f;
+pub const ECHO: u32 = 0x4543_484f;
 
 /// Replies with its arguments.
-struct Echo;
+pub struct Echo;
 
 impl Dispatch for Echo {
     fn interface_id(&self) -> u32 {

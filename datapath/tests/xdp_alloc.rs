@@ -2,7 +2,9 @@
 //! signals over AF_XDP (in namespaces, as root) and, after a warm-up, a
 //! counting allocator sees no allocation on either datapath thread while
 //! thousands of frames go through the node, the signal engine and the
-//! AF_XDP rings.
+//! AF_XDP rings. The same holds for several queues handing frames to each
+//! other, and for RPC: echo calls between two nodes (one or 16
+//! outstanding) reuse message buffers, maps and queues once warm.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -248,4 +250,95 @@ fn handing_frames_to_the_owning_queue_allocates_nothing() {
         0,
         "allocations on the runtime threads while {submitted} signals went through handoffs"
     );
+}
+
+/// Echoes its arguments (into the reply buffer the node lends it).
+struct Echo;
+
+impl xrelay_datapath::marshal::Dispatch for Echo {
+    fn interface_id(&self) -> u32 {
+        0x4543_484f
+    }
+
+    fn dispatch(&mut self, _opcode: u16, args: &[u8], reply: &mut Vec<u8>) -> i32 {
+        reply.extend_from_slice(args);
+        0
+    }
+}
+
+/// Hands every frame `from` builds to `to`.
+fn carry(
+    from: &mut Node,
+    from_at: Endpoint,
+    to: &mut Node,
+    now: xrelay_datapath::time::Instant,
+    buf: &mut [u8],
+) {
+    while let Some((_, len)) = from.poll_transmit(now, buf) {
+        to.handle_datagram(now, from_at, &buf[..len]);
+    }
+}
+
+#[test]
+fn rpc_calls_in_the_steady_state_allocate_nothing() {
+    use xrelay_datapath::node::NodeEvent;
+    use xrelay_datapath::transport::mem::host_endpoint;
+
+    let clock = MonotonicClock::new();
+    let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
+    let mut client = Node::new(NodeConfig::new(1472)).unwrap();
+    let mut server = Node::new(NodeConfig::new(1472)).unwrap();
+    let peer = client.add_peer(clock.now(), "b", b_at).unwrap();
+    server.add_peer(clock.now(), "a", a_at).unwrap();
+    server.export_rpc("echo", Box::new(Echo)).unwrap();
+    let session = client
+        .open(clock.now(), peer, Service::Rpc, "echo")
+        .unwrap();
+    let mut buf = vec![0; 1472];
+    for _ in 0..10 {
+        carry(&mut client, a_at, &mut server, clock.now(), &mut buf);
+        carry(&mut server, b_at, &mut client, clock.now(), &mut buf);
+    }
+    assert!(client.is_open(session));
+
+    // `window` calls outstanding; each reply's buffer carries the next
+    // call's arguments, as a caller reusing its buffers would.
+    let mut run = |window: usize, calls: usize, spare: &mut Vec<Vec<u8>>| {
+        let (mut issued, mut done) = (0, 0);
+        while done < calls {
+            while issued < calls && issued - done < window {
+                let mut args = spare.pop().unwrap_or_default();
+                args.clear();
+                args.extend_from_slice(&[0x5a; 48]);
+                client
+                    .call(clock.now(), session, 0x4543_484f, 0, args)
+                    .unwrap();
+                issued += 1;
+            }
+            carry(&mut client, a_at, &mut server, clock.now(), &mut buf);
+            while server.poll_event().is_some() {}
+            carry(&mut server, b_at, &mut client, clock.now(), &mut buf);
+            while let Some(event) = client.poll_event() {
+                if let NodeEvent::CallDone { outcome, .. } = event {
+                    let (code, reply) = outcome.result.unwrap();
+                    assert_eq!((code, reply.as_slice()), (0, &[0x5a; 48][..]));
+                    spare.push(reply);
+                    done += 1;
+                }
+            }
+        }
+    };
+    let mut spare = Vec::with_capacity(64);
+    for window in [1, 16] {
+        run(window, 5000, &mut spare);
+        COUNTING.with(|c| c.set(true));
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        run(window, 20_000, &mut spare);
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        COUNTING.with(|c| c.set(false));
+        assert_eq!(
+            allocations, 0,
+            "{allocations} allocations in 20000 echo calls, {window} outstanding"
+        );
+    }
 }

@@ -22,8 +22,115 @@ pub enum FragmentError {
 pub struct Reassembly {
     data: Vec<u8>,
     count: u16,
-    received: Vec<u64>,
+    received: Received,
     missing: u16,
+}
+
+/// Which fragments arrived, one bit each: the first 64 inline, so a
+/// message of up to 64 fragments (90 KB at the default fragment size)
+/// allocates nothing for its bookkeeping.
+#[derive(Debug, Clone)]
+struct Received {
+    first: u64,
+    rest: Vec<u64>,
+}
+
+impl Received {
+    fn new(count: u16) -> Received {
+        let words = usize::from(count).div_ceil(64);
+        Received {
+            first: 0,
+            rest: vec![0; words.saturating_sub(1)],
+        }
+    }
+
+    fn word(&self, index: u16) -> Option<&u64> {
+        match usize::from(index) / 64 {
+            0 => Some(&self.first),
+            word => self.rest.get(word - 1),
+        }
+    }
+
+    fn word_mut(&mut self, index: u16) -> Option<&mut u64> {
+        match usize::from(index) / 64 {
+            0 => Some(&mut self.first),
+            word => self.rest.get_mut(word - 1),
+        }
+    }
+
+    /// Sets the bit of `index`; whether it was clear.
+    fn set(&mut self, index: u16) -> bool {
+        let bit = 1u64 << (index % 64);
+        match self.word_mut(index) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn get(&self, index: u16) -> bool {
+        self.word(index)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+}
+
+/// Spare message buffers of an engine, so that steady traffic of small
+/// messages allocates nothing: a finished message's buffer (call
+/// arguments, a cached reply) comes back here and holds the next one.
+/// Bounded in number and size; anything else is freed.
+#[derive(Debug)]
+pub struct Spares {
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Spares {
+    /// Buffers kept at most.
+    pub const COUNT: usize = 32;
+    /// Largest capacity kept, in bytes: bigger buffers are freed (a large
+    /// message is rare, and a fresh zeroed allocation of it costs no more).
+    pub const CAPACITY: usize = 64 * 1024;
+
+    /// No spares yet (room for [`Spares::COUNT`] reserved).
+    pub fn new() -> Spares {
+        Spares {
+            buffers: Vec::with_capacity(Self::COUNT),
+        }
+    }
+
+    /// An empty buffer, spare if one is left.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.buffers.pop().unwrap_or_default()
+    }
+
+    /// A buffer of `len` zero bytes, spare if it fits one.
+    pub fn zeroed(&mut self, len: usize) -> Vec<u8> {
+        if len > Self::CAPACITY {
+            return vec![0; len];
+        }
+        let mut buffer = self.take();
+        buffer.resize(len, 0);
+        buffer
+    }
+
+    /// Keeps `buffer` for a later message, if it is worth keeping.
+    pub fn give(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0
+            || buffer.capacity() > Self::CAPACITY
+            || self.buffers.len() >= Self::COUNT
+        {
+            return;
+        }
+        buffer.clear();
+        self.buffers.push(buffer);
+    }
+}
+
+impl Default for Spares {
+    fn default() -> Self {
+        Spares::new()
+    }
 }
 
 impl Reassembly {
@@ -31,11 +138,17 @@ impl Reassembly {
     /// Allocates the announced length, which the caller has already
     /// charged against its memory budget.
     pub fn new(first: &Fragment) -> Self {
-        let words = usize::from(first.count).div_ceil(64);
+        Reassembly::new_in(first, vec![0; first.total_len as usize])
+    }
+
+    /// [`Reassembly::new`] in `buffer`, whose length must be the announced
+    /// length (from [`Spares::zeroed`]).
+    pub fn new_in(first: &Fragment, buffer: Vec<u8>) -> Self {
+        debug_assert_eq!(buffer.len(), first.total_len as usize);
         Reassembly {
-            data: vec![0; first.total_len as usize],
+            data: buffer,
             count: first.count,
-            received: vec![0; words],
+            received: Received::new(first.count),
             missing: first.count,
         }
     }
@@ -43,11 +156,10 @@ impl Reassembly {
     /// Tracks which fragments of a message the *peer* holds, without
     /// storing data (the sender's view of the receiver's acks).
     pub fn new_empty(first: &Fragment) -> Self {
-        let words = usize::from(first.count).div_ceil(64);
         Reassembly {
             data: Vec::new(),
             count: first.count,
-            received: vec![0; words],
+            received: Received::new(first.count),
             missing: first.count,
         }
     }
@@ -59,12 +171,8 @@ impl Reassembly {
 
     /// Records fragment `index` as held, without data.
     pub fn mark(&mut self, index: u16) {
-        let (word, bit) = (usize::from(index) / 64, index % 64);
-        if let Some(w) = self.received.get_mut(word) {
-            if *w & (1 << bit) == 0 {
-                *w |= 1 << bit;
-                self.missing -= 1;
-            }
+        if index < self.count && self.received.set(index) {
+            self.missing -= 1;
         }
     }
 
@@ -86,9 +194,7 @@ impl Reassembly {
         if fragment.index >= self.count || end > self.data.len() {
             return Err(FragmentError::OutOfBounds);
         }
-        let (word, bit) = (usize::from(fragment.index) / 64, fragment.index % 64);
-        if self.received[word] & (1 << bit) == 0 {
-            self.received[word] |= 1 << bit;
+        if self.received.set(fragment.index) {
             self.missing -= 1;
             self.data[start..end].copy_from_slice(data);
         }
@@ -97,8 +203,7 @@ impl Reassembly {
 
     /// Whether fragment `index` has arrived.
     pub fn has(&self, index: u16) -> bool {
-        let (word, bit) = (usize::from(index) / 64, index % 64);
-        self.received.get(word).is_some_and(|w| w & (1 << bit) != 0)
+        self.received.get(index)
     }
 
     /// Whether every fragment has arrived.
@@ -137,6 +242,67 @@ impl Reassembly {
     }
 }
 
+/// The fragment indexes a sender will send next, in order: a run
+/// `next..end` (a whole message, sent once) after a list of single indexes
+/// (retransmissions, which only loss makes). A message sent without loss
+/// allocates nothing here.
+#[derive(Debug, Clone, Default)]
+pub struct FragmentQueue {
+    singles: std::collections::VecDeque<u16>,
+    next: u16,
+    end: u16,
+}
+
+impl FragmentQueue {
+    /// Every fragment of a message of `count` fragments.
+    pub fn all(count: u16) -> FragmentQueue {
+        FragmentQueue {
+            singles: std::collections::VecDeque::new(),
+            next: 0,
+            end: count,
+        }
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.singles.is_empty() && self.next >= self.end
+    }
+
+    /// The next index to send.
+    pub fn pop_front(&mut self) -> Option<u16> {
+        if let Some(index) = self.singles.pop_front() {
+            return Some(index);
+        }
+        (self.next < self.end).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// Queues nothing.
+    pub fn clear(&mut self) {
+        self.singles.clear();
+        self.next = 0;
+        self.end = 0;
+    }
+
+    /// Queues exactly `indexes`, in their order.
+    pub fn set(&mut self, indexes: impl Iterator<Item = u16>) {
+        self.clear();
+        self.singles.extend(indexes);
+    }
+
+    /// Keeps the queued indexes `keep` accepts, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(u16) -> bool) {
+        if self.next < self.end {
+            let run = self.next..self.end;
+            self.next = self.end;
+            self.singles.extend(run);
+        }
+        self.singles.retain(|&i| keep(i));
+    }
+}
+
 /// Splits a message of `len` bytes into fragments of at most `max` bytes:
 /// the placement of fragment `index` of the message.
 ///
@@ -168,6 +334,60 @@ pub fn fragment_count(len: usize, max: usize) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragment_queue_sends_a_run_then_retransmissions() {
+        let mut queue = FragmentQueue::all(4);
+        assert_eq!(queue.pop_front(), Some(0));
+        // An ACK for fragment 2 takes it out of the run.
+        queue.retain(|i| i != 2);
+        let rest: Vec<u16> = core::iter::from_fn(|| queue.pop_front()).collect();
+        assert_eq!(rest, [1, 3]);
+        assert!(queue.is_empty());
+        queue.set([3, 1].into_iter());
+        assert_eq!(queue.pop_front(), Some(3));
+        queue.clear();
+        assert!(queue.is_empty());
+        assert_eq!(queue.pop_front(), None);
+        assert!(FragmentQueue::all(0).is_empty());
+    }
+
+    #[test]
+    fn spares_keep_small_buffers_only_and_hand_them_out_zeroed() {
+        let mut spares = Spares::new();
+        let mut used = spares.zeroed(100);
+        assert_eq!(used, vec![0; 100]);
+        used.fill(7);
+        let at = used.as_ptr();
+        spares.give(used);
+        let again = spares.zeroed(50);
+        assert_eq!(again.as_ptr(), at, "the buffer is reused");
+        assert_eq!(again, vec![0; 50]);
+        spares.give(vec![0; Spares::CAPACITY + 1]);
+        spares.give(Vec::new());
+        assert!(spares.take().capacity() == 0, "neither kept");
+        for _ in 0..Spares::COUNT + 5 {
+            spares.give(vec![1; 8]);
+        }
+        assert_eq!(spares.buffers.len(), Spares::COUNT);
+    }
+
+    #[test]
+    fn more_than_64_fragments_are_tracked() {
+        let (first, _) = fragment_of(130 * 10, 10, 0);
+        let mut reassembly = Reassembly::new(&first);
+        for index in (0..130).rev() {
+            let (fragment, range) = fragment_of(1300, 10, index);
+            let done = reassembly.insert(&fragment, &vec![1; range.len()]).unwrap();
+            assert_eq!(done, index == 0);
+        }
+        assert!((0..130).all(|i| reassembly.has(i)) && !reassembly.has(130));
+        let mut peer = Reassembly::new_empty(&first);
+        peer.mark(129);
+        peer.mark(129);
+        peer.mark(500);
+        assert!(peer.has(129) && !peer.has(128) && !peer.is_complete());
+    }
 
     #[test]
     fn fragments_reassemble_in_any_order_with_duplicates() {

@@ -25,9 +25,11 @@
 //! [`RpcServer::poll_transmit`] until `None`.
 
 use core::time::Duration;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
-use super::reassembly::{fragment_count, fragment_of, Reassembly};
+use rustc_hash::FxHashMap;
+
+use super::reassembly::{fragment_count, fragment_of, FragmentQueue, Reassembly, Spares};
 use crate::marshal::CallError;
 use crate::time::Instant;
 use crate::wire::rpc::{Acked, RpcAck, RpcCall, RpcReply, MAX_BITMAP_LEN, MAX_MESSAGE_LEN};
@@ -90,7 +92,7 @@ struct PendingCall {
     /// Argument fragments the server holds (from its call ACKs).
     server_has: Reassembly,
     /// Fragments to send next.
-    queue: VecDeque<u16>,
+    queue: FragmentQueue,
     deadline: Instant,
     retransmit_at: Instant,
     rto: Duration,
@@ -127,7 +129,12 @@ fn schedule(sendable: &mut VecDeque<u64>, call: &mut PendingCall, id: u64) {
 pub struct RpcClient {
     config: RpcConfig,
     next_request: u64,
-    calls: BTreeMap<u64, PendingCall>,
+    /// Outstanding calls by request id (a hash map: it keeps its memory,
+    /// so calls coming and going allocate nothing, and moves no values
+    /// around; order comes from the ids where it matters).
+    calls: FxHashMap<u64, PendingCall>,
+    /// Buffers of finished calls' arguments, reused for replies.
+    spares: Spares,
     /// Calls with fragments or an ACK to send, served round robin.
     sendable: VecDeque<u64>,
     /// Replies complete here whose final acknowledgement (which frees the
@@ -156,7 +163,8 @@ impl RpcClient {
         RpcClient {
             config,
             next_request: 1,
-            calls: BTreeMap::new(),
+            calls: FxHashMap::default(),
+            spares: Spares::new(),
             sendable: VecDeque::new(),
             final_acks: VecDeque::new(),
             next_timer: NEVER,
@@ -241,7 +249,7 @@ impl RpcClient {
                 opcode,
                 server_has: Reassembly::new_empty(&first),
                 args,
-                queue: (0..count).collect(),
+                queue: FragmentQueue::all(count),
                 deadline: now + self.config.call_timeout,
                 retransmit_at,
                 rto,
@@ -286,7 +294,8 @@ impl RpcClient {
                 return;
             }
             self.reply_bytes += len;
-            call.reply = Some((reply.exception, Reassembly::new(&reply.fragment)));
+            let buffer = self.spares.zeroed(len);
+            call.reply = Some((reply.exception, Reassembly::new_in(&reply.fragment, buffer)));
         }
         let Some((exception, reassembly)) = call.reply.as_mut() else {
             return;
@@ -299,8 +308,9 @@ impl RpcClient {
                 // Complete: the call ends now and its caller hears of it
                 // at once; the final acknowledgement follows.
                 let count = reply.fragment.count;
-                if let Some(call) = self.calls.remove(&reply.request_id) {
+                if let Some(mut call) = self.calls.remove(&reply.request_id) {
                     self.release(&call);
+                    self.spares.give(core::mem::take(&mut call.args));
                     if let Some((exception, reassembly)) = call.reply {
                         self.events.push_back(CallOutcome {
                             request_id: reply.request_id,
@@ -329,14 +339,16 @@ impl RpcClient {
                     call.server_has.mark(index);
                 }
             }
-            call.queue.retain(|&i| !ack.has(i));
+            call.queue.retain(|i| !ack.has(i));
         }
     }
 
     /// Fails every outstanding call with `error` (the peer went down or the
     /// session closed).
     pub fn fail_all(&mut self, error: &CallError) {
-        for (request_id, call) in std::mem::take(&mut self.calls) {
+        let mut calls: Vec<(u64, PendingCall)> = self.calls.drain().collect();
+        calls.sort_unstable_by_key(|&(id, _)| id);
+        for (request_id, call) in calls {
             self.events.push_back(CallOutcome {
                 request_id,
                 sent_at: call.sent_at,
@@ -356,31 +368,38 @@ impl RpcClient {
             return;
         }
         let mut next_timer = NEVER;
-        let mut expired = Vec::new();
-        for (&request_id, call) in &mut self.calls {
+        let (mut expired, mut due) = (Vec::new(), Vec::new());
+        for (&request_id, call) in &self.calls {
             if now >= call.deadline {
                 expired.push(request_id);
+            } else if now >= call.retransmit_at {
+                due.push(request_id);
+            } else {
+                next_timer = next_timer.min(call.retransmit_at).min(call.deadline);
+            }
+        }
+        // Oldest first, whatever the map's order.
+        expired.sort_unstable();
+        due.sort_unstable();
+        for request_id in due {
+            let Some(call) = self.calls.get_mut(&request_id) else {
                 continue;
+            };
+            call.retransmitted = true;
+            call.rto = (call.rto * 2).min(self.config.max_rto);
+            call.retransmit_at = now + call.rto;
+            if call.reply.is_some() {
+                // Part of the reply is here: tell the server what is missing.
+                call.ack_due = true;
+            } else if call.server_has.is_complete() {
+                // "Received, working": probe with the first fragment.
+                call.queue.set(core::iter::once(0));
+            } else {
+                let count = call.server_has.count();
+                let server_has = &call.server_has;
+                call.queue.set((0..count).filter(|&i| !server_has.has(i)));
             }
-            if now >= call.retransmit_at {
-                call.retransmitted = true;
-                call.rto = (call.rto * 2).min(self.config.max_rto);
-                call.retransmit_at = now + call.rto;
-                if call.reply.is_some() {
-                    // Part of the reply is here: tell the server what is missing.
-                    call.ack_due = true;
-                } else if call.server_has.is_complete() {
-                    // "Received, working": probe with the first fragment.
-                    call.queue.clear();
-                    call.queue.push_back(0);
-                } else {
-                    let count = call.server_has.count();
-                    call.queue.clear();
-                    call.queue
-                        .extend((0..count).filter(|&i| !call.server_has.has(i)));
-                }
-                schedule(&mut self.sendable, call, request_id);
-            }
+            schedule(&mut self.sendable, call, request_id);
             next_timer = next_timer.min(call.retransmit_at).min(call.deadline);
         }
         self.next_timer = next_timer;
@@ -526,17 +545,16 @@ enum ServerCall {
         exception: i32,
         data: Vec<u8>,
         client_has: Reassembly,
-        queue: VecDeque<u16>,
+        queue: FragmentQueue,
         at: Instant,
     },
 }
 
 /// Queues every reply fragment the client does not hold for sending;
 /// returns whether the queue went from empty to non-empty.
-fn resend_missing(queue: &mut VecDeque<u16>, client_has: &Reassembly) -> bool {
+fn resend_missing(queue: &mut FragmentQueue, client_has: &Reassembly) -> bool {
     let was_empty = queue.is_empty();
-    queue.clear();
-    queue.extend((0..client_has.count()).filter(|&i| !client_has.has(i)));
+    queue.set((0..client_has.count()).filter(|&i| !client_has.has(i)));
     was_empty && !queue.is_empty()
 }
 
@@ -547,10 +565,17 @@ fn resend_missing(queue: &mut VecDeque<u16>, client_has: &Reassembly) -> bool {
 #[derive(Debug)]
 pub struct RpcServer {
     config: RpcConfig,
-    calls: BTreeMap<u64, ServerCall>,
+    /// Calls held, by request id (a hash map, as the client's).
+    calls: FxHashMap<u64, ServerCall>,
+    /// Buffers of executed calls' arguments and acknowledged replies,
+    /// reused for new ones.
+    spares: Spares,
     ready: VecDeque<ReadyCall>,
     /// Executed ids whose replies are gone, remembered individually.
-    executed: BTreeSet<u64>,
+    /// Sorted; ids mostly arrive in order, so a remembered id goes at or
+    /// near the back and the oldest leaves from the front; the memory,
+    /// once grown, is kept.
+    executed: VecDeque<u64>,
     /// Every id below this counts as executed.
     forgotten_below: u64,
     /// Calls owed a call ACK.
@@ -572,9 +597,10 @@ impl RpcServer {
     pub fn new(config: RpcConfig) -> Self {
         RpcServer {
             config,
-            calls: BTreeMap::new(),
+            calls: FxHashMap::default(),
+            spares: Spares::new(),
             ready: VecDeque::new(),
-            executed: BTreeSet::new(),
+            executed: VecDeque::new(),
             forgotten_below: 0,
             acks_due: BTreeSet::new(),
             replies_due: VecDeque::new(),
@@ -587,7 +613,7 @@ impl RpcServer {
     }
 
     fn already_executed(&self, request_id: u64) -> bool {
-        request_id < self.forgotten_below || self.executed.contains(&request_id)
+        request_id < self.forgotten_below || self.executed.binary_search(&request_id).is_ok()
     }
 
     /// Bytes held for calls still being reassembled.
@@ -617,7 +643,7 @@ impl RpcServer {
                     return;
                 }
                 self.assembling_bytes += len;
-                let reassembly = Reassembly::new(&call.fragment);
+                let reassembly = Reassembly::new_in(&call.fragment, self.spares.zeroed(len));
                 self.calls.insert(
                     id,
                     ServerCall::Assembling {
@@ -680,6 +706,17 @@ impl RpcServer {
         self.ready.pop_front()
     }
 
+    /// Takes back an executed call's argument buffer for later messages.
+    pub fn recycle(&mut self, args: Vec<u8>) {
+        self.spares.give(args);
+    }
+
+    /// An empty buffer for a reply (a recycled one when there is one), to
+    /// hand to [`RpcServer::complete`].
+    pub fn reply_buffer(&mut self) -> Vec<u8> {
+        self.spares.take()
+    }
+
     /// The application's result for `request_id`: cached and sent until
     /// the client acknowledges it.
     pub fn complete(
@@ -703,7 +740,7 @@ impl RpcServer {
                 exception,
                 data,
                 client_has: Reassembly::new_empty(&first),
-                queue: (0..count).collect(),
+                queue: FragmentQueue::all(count),
                 at: now,
             },
         );
@@ -764,7 +801,9 @@ impl RpcServer {
             }
         }
         if client_has.is_complete() {
-            self.calls.remove(&ack.request_id);
+            if let Some(ServerCall::Replied { data, .. }) = self.calls.remove(&ack.request_id) {
+                self.spares.give(data);
+            }
             self.remember(ack.request_id);
         } else if resend_missing(queue, client_has) {
             self.replies_due.push_back(ack.request_id);
@@ -772,9 +811,11 @@ impl RpcServer {
     }
 
     fn remember(&mut self, request_id: u64) {
-        self.executed.insert(request_id);
+        if let Err(at) = self.executed.binary_search(&request_id) {
+            self.executed.insert(at, request_id);
+        }
         while self.executed.len() > self.config.remembered_ids {
-            if let Some(oldest) = self.executed.pop_first() {
+            if let Some(oldest) = self.executed.pop_front() {
                 self.forgotten_below = self.forgotten_below.max(oldest.saturating_add(1));
             }
         }

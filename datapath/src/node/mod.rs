@@ -1428,7 +1428,8 @@ impl Node {
                         self.reply.clear();
                         codes::INVALID_OBJECT
                     };
-                    let data = core::mem::take(&mut self.reply);
+                    let data = core::mem::replace(&mut self.reply, server.reply_buffer());
+                    server.recycle(ready.args);
                     if server.complete(now, ready.request_id, code, data).is_err() {
                         self.stats.reply_too_large += 1;
                         let _ = server.complete(
