@@ -3,27 +3,39 @@
 
 use core::net::Ipv4Addr;
 
-/// Adds `data` to a running ones' complement sum. Words are read four bytes
-/// at a time into a 64-bit accumulator (the sum is associative, so wider
-/// words fold to the same result); an odd trailing byte is the high byte of
-/// a final word padded with zero.
-pub fn accumulate(mut sum: u64, data: &[u8]) -> u64 {
+/// Adds `data` to a running ones' complement sum (of big-endian 16-bit
+/// words, unfolded). An odd trailing byte is the high byte of a final word
+/// padded with zero.
+///
+/// The sum is independent of byte order (RFC 1071, section 2(B)): the words
+/// are added as little-endian 32-bit values into a 64-bit accumulator,
+/// which needs no byte swap per word and vectorises, and the folded result
+/// is swapped once. Wider words fold to the same result because 2^16 is 1
+/// in ones' complement arithmetic.
+pub fn accumulate(sum: u64, data: &[u8]) -> u64 {
+    let mut little = 0u64;
     let mut words = data.chunks_exact(4);
     for word in &mut words {
-        sum += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+        little += u64::from(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
     }
     let rest = words.remainder();
     let mut tail = [0u8; 4];
     tail[..rest.len()].copy_from_slice(rest);
-    sum + u64::from(u32::from_be_bytes(tail))
+    sum + u64::from(fold(little).swap_bytes()) + u64::from(u32::from_be_bytes(tail))
 }
 
-/// Folds a running sum to 16 bits and complements it: the checksum value.
-pub fn finish(mut sum: u64) -> u16 {
+/// Folds a running sum to 16 bits with end-around carries (zero only for
+/// a zero sum).
+fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !u16::try_from(sum).unwrap_or(u16::MAX)
+    u16::try_from(sum).unwrap_or(u16::MAX)
+}
+
+/// Folds a running sum to 16 bits and complements it: the checksum value.
+pub fn finish(sum: u64) -> u16 {
+    !fold(sum)
 }
 
 /// The checksum of `data` alone (the IPv4 header checksum).
@@ -47,6 +59,40 @@ mod tests {
         // RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(finish(accumulate(0, &data)), !0xddf2);
+    }
+
+    /// RFC 1071's definition, word by word: what `accumulate` must equal.
+    fn reference(data: &[u8]) -> u16 {
+        let mut sum = 0u64;
+        for pair in data.chunks(2) {
+            let high = u64::from(pair[0]) << 8;
+            sum += high | pair.get(1).copied().map_or(0, u64::from);
+        }
+        finish(sum)
+    }
+
+    #[test]
+    fn agrees_with_the_word_by_word_definition() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for len in (0..200).chain([1439, 1440, 1441, 9000]) {
+            for fill in [None, Some(0x00), Some(0xff)] {
+                let data: Vec<u8> = (0..len)
+                    .map(|_| fill.unwrap_or_else(|| rng.u8(..)))
+                    .collect();
+                assert_eq!(checksum(&data), reference(&data), "{len} bytes, {fill:?}");
+                // As UDP does: a pseudo-header sum, then the datagram.
+                let start = pseudo_header(
+                    Ipv4Addr::new(198, 18, 0, 1),
+                    Ipv4Addr::new(198, 18, 0, 2),
+                    17,
+                    u16::try_from(len).unwrap_or(u16::MAX),
+                );
+                let mut words = vec![198, 18, 0, 1, 198, 18, 0, 2, 0, 17];
+                words.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+                words.extend_from_slice(&data);
+                assert_eq!(finish(accumulate(start, &data)), reference(&words));
+            }
+        }
     }
 
     #[test]
