@@ -1,14 +1,19 @@
 //! `xrelay-bench`: xrelay's benchmarks.
 //!
-//! Today: `xrelay-bench codec`, single-thread costs of the wire format and
-//! of marshalling (how many frames per second one core can build and parse,
-//! how many example calls it can marshal and dispatch), and
-//! `xrelay-bench engine`, the RPC engine's own cost per call with many
-//! calls outstanding (client and server engines joined directly, every
-//! frame emitted and parsed, no network), and `xrelay-bench frames`, the
-//! one-way frame rate over veth of raw AF_XDP, relay nodes over AF_XDP and
-//! relay nodes over UDP side by side (root). Latency, RPC and ROM
-//! scenarios over the network follow.
+//! * `xrelay-bench run` (root): the suite, every scenario on `raw_xdp`,
+//!   `xdp` and `udp` side by side, with ratios, targets, JSON, plots and
+//!   HdrHistogram files.
+//! * `xrelay-bench frames` (root): the one-way frame rate over veth of raw
+//!   AF_XDP, relay nodes over AF_XDP and relay nodes over UDP, medians of
+//!   several runs.
+//! * `xrelay-bench codec`: single-thread costs of the wire format (building
+//!   and parsing frames, the Internet checksum of a full frame) and of
+//!   marshalling.
+//! * `xrelay-bench engine`: the RPC engine's own cost per call with many
+//!   calls outstanding (client and server engines joined directly, every
+//!   frame emitted and parsed, no network).
+//! * `xrelay-bench nodes`: the relay's CPU per RPC round trip, two whole
+//!   nodes in one thread handing each other frames.
 #![forbid(unsafe_code)]
 
 mod frames;

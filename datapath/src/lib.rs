@@ -13,6 +13,7 @@
 //! * [`engine`]: sans-IO protocol engines (peer liveness, signals, RPC, ROM).
 //! * [`netns`]: test hosts in network namespaces joined by veth (demo,
 //!   tests, benchmarks).
+//! * [`hint`]: a prefetch hint to the CPU (the one `unsafe` outside AF_XDP).
 //! * [`node`]: a relay node, sans-IO: every engine of every session with
 //!   every peer behind one receive call and one transmit call.
 //! * [`poll`]: one iteration of the datapath loop, with a work budget.
@@ -30,6 +31,7 @@ extern crate self as xrelay_datapath;
 pub mod auth;
 pub mod engine;
 pub mod example;
+pub mod hint;
 pub mod marshal;
 pub mod netns;
 pub mod node;

@@ -617,6 +617,15 @@ impl RomSender {
         }
         let chunk_size = self.config.chunk_size;
         let range = chunk_range(self.current.size(), chunk_size, index);
+        if !resend {
+            // A large module is mostly not in the cache: fetch what comes
+            // a few chunks later while this one goes through the kernel.
+            let later = index.saturating_add(PREFETCH_AHEAD);
+            let later = chunk_range(self.current.size(), chunk_size, later);
+            if let Some(bytes) = self.current.data.get(in_memory(&later)) {
+                crate::hint::prefetch(bytes);
+            }
+        }
         let data = self.current.data.get(in_memory(&range))?;
         Some(Message::RomChunk(RomChunk {
             module: self.module,
@@ -792,6 +801,13 @@ struct Assembly {
 
 /// Buffers of replaced versions up to this size are kept for the next.
 const SPARE_MAX: usize = 64 * 1024 * 1024;
+
+/// The sender prefetches the chunk this many places after the one it
+/// sends. Measured on 16 MiB updates over veth (`xrelay-bench run --only
+/// rom_update_16MiB`): without it the copy of each chunk out of a module
+/// that is not in the cache took a third of the publisher's time; 1, 2, 4
+/// and 8 ahead all gave 1.28-1.35 GB/s against 1.14-1.18 without.
+const PREFETCH_AHEAD: u32 = 2;
 
 /// The prefix hash advances in steps this large (large enough for
 /// BLAKE3's SIMD, small enough to spread the work over the transfer).

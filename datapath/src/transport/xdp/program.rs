@@ -47,7 +47,7 @@ fn error(what: &str, detail: impl std::fmt::Display) -> TransportError {
 const GENERIC_IS_FASTER: &[&str] = &["veth"];
 
 /// Whether `Auto` attaches `interface` in generic mode: its driver is one
-/// of [`GENERIC_IS_FASTER`].
+/// whose native hook costs more than the generic one (today: veth).
 pub fn auto_prefers_generic(interface: &str) -> bool {
     driver(interface).is_some_and(|name| GENERIC_IS_FASTER.contains(&name.as_str()))
 }
