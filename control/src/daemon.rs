@@ -286,7 +286,8 @@ fn start_datapath(config: &Config) -> Result<Started, String> {
             ModeChoice::Generic => AttachMode::Generic,
             _ => AttachMode::Auto,
         };
-        let program = XdpProgram::attach(interface, attach, encap).map_err(|e| e.to_string())?;
+        let program = XdpProgram::attach_for(interface, attach, encap, queues.len())
+            .map_err(|e| e.to_string())?;
         let program = Arc::new(Mutex::new(program));
         let group = Handoff::group(queues.len());
         for (name, endpoint) in &peers {

@@ -153,13 +153,14 @@ fn auto_attaches_generic_on_veth_and_native_still_works() {
     let pair = topology();
     let ns = pair.a.ns.name().to_owned();
     let interface = pair.a.interface.clone();
-    let (name, generic, missing, modes) = std::thread::spawn(move || {
+    let (name, generic, generic_two, missing, modes) = std::thread::spawn(move || {
         netns::enter(&ns).unwrap();
         let transport = XdpTransport::new(XdpConfig::new(&interface, Ipv4Addr::new(198, 18, 0, 1)))
             .unwrap_or_else(|e| panic!("AF_XDP on {interface} (needs root): {e}"));
         (
             driver(&interface),
-            auto_prefers_generic(&interface),
+            auto_prefers_generic(&interface, 1),
+            auto_prefers_generic(&interface, 2),
             driver("xrelay-none0"),
             transport.modes().0,
         )
@@ -168,6 +169,7 @@ fn auto_attaches_generic_on_veth_and_native_still_works() {
     .unwrap();
     assert_eq!(name.as_deref(), Some("veth"));
     assert!(generic);
+    assert!(!generic_two, "several queues keep native XDP on veth");
     assert_eq!(missing, None);
     assert_eq!(modes, AttachMode::Generic);
 
@@ -361,7 +363,8 @@ fn two_queues_two_pinned_threads_carry_traffic() {
         std::thread::spawn(move || {
             netns::enter(&ns).unwrap();
             Arc::new(Mutex::new(
-                XdpProgram::attach(&interface, AttachMode::Auto, Encapsulation::default()).unwrap(),
+                XdpProgram::attach_for(&interface, AttachMode::Auto, Encapsulation::default(), 2)
+                    .unwrap(),
             ))
         })
         .join()

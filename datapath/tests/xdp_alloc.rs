@@ -174,10 +174,11 @@ fn handing_frames_to_the_owning_queue_allocates_nothing() {
     // B: peer a owned by queue 1 (its frames from a arrive on queue 0).
     let side = |host: &netns::Host, peer: &str, peer_at: Endpoint, owner: usize| {
         netns::enter(host.ns.name()).unwrap();
-        let program = XdpProgram::attach(
+        let program = XdpProgram::attach_for(
             &host.interface,
             xrelay_datapath::transport::xdp::AttachMode::Auto,
             xrelay_datapath::wire::encap::Encapsulation::default(),
+            2,
         )
         .expect("the XDP program (needs root)");
         let program = Arc::new(Mutex::new(program));

@@ -613,7 +613,13 @@ impl RpcServer {
     }
 
     fn already_executed(&self, request_id: u64) -> bool {
-        request_id < self.forgotten_below || self.executed.binary_search(&request_id).is_ok()
+        // A new call's id is above every remembered one: no search.
+        request_id < self.forgotten_below
+            || (self
+                .executed
+                .back()
+                .is_some_and(|&newest| request_id <= newest)
+                && self.executed.binary_search(&request_id).is_ok())
     }
 
     /// Bytes held for calls still being reassembled.

@@ -1407,8 +1407,8 @@ impl Node {
             (ServedEngine::Rpc(server), Message::RpcCall(call)) => {
                 // One budget for all of the peer's sessions: a new message
                 // must fit in what its other unfinished messages leave.
-                if !server.knows(call.request_id)
-                    && *assembling + call.fragment.total_len as usize > peer_cap
+                if *assembling + call.fragment.total_len as usize > peer_cap
+                    && !server.knows(call.request_id)
                 {
                     self.stats.rpc_dropped += 1;
                     return;

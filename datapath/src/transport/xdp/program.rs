@@ -46,10 +46,14 @@ fn error(what: &str, detail: impl std::fmt::Display) -> TransportError {
 /// about 5 % more frames per second and a round trip 0.6-0.8 µs shorter.
 const GENERIC_IS_FASTER: &[&str] = &["veth"];
 
-/// Whether `Auto` attaches `interface` in generic mode: its driver is one
-/// whose native hook costs more than the generic one (today: veth).
-pub fn auto_prefers_generic(interface: &str) -> bool {
-    driver(interface).is_some_and(|name| GENERIC_IS_FASTER.contains(&name.as_str()))
+/// Whether `Auto` attaches `interface`, served by `queues` AF_XDP sockets,
+/// in generic mode: its driver is one whose native hook costs more than the
+/// generic one (today: veth), and one queue is served. The generic hook
+/// sees every frame of a veth on receive queue 0, where the native hook
+/// keeps the sender's queue, so several queues keep native XDP to spread
+/// the work.
+pub fn auto_prefers_generic(interface: &str, queues: usize) -> bool {
+    queues <= 1 && driver(interface).is_some_and(|name| GENERIC_IS_FASTER.contains(&name.as_str()))
 }
 
 /// `struct ethtool_drvinfo` of linux/ethtool.h, the answer to
@@ -128,12 +132,23 @@ pub fn driver(interface: &str) -> Option<String> {
 
 impl XdpProgram {
     /// Loads the program for `encap` and attaches it to `interface` in
-    /// `mode`. `Auto` is generic on veth (see [`auto_prefers_generic`]),
-    /// else native, falling back to generic.
+    /// `mode`, for one queue. `Auto` is generic on veth (see
+    /// [`auto_prefers_generic`]), else native, falling back to generic.
     pub fn attach(
         interface: &str,
         mode: AttachMode,
         encap: Encapsulation,
+    ) -> Result<XdpProgram, TransportError> {
+        XdpProgram::attach_for(interface, mode, encap, 1)
+    }
+
+    /// [`XdpProgram::attach`] for an interface whose `queues` receive
+    /// queues each get a socket: `Auto` then keeps native XDP on veth.
+    pub fn attach_for(
+        interface: &str,
+        mode: AttachMode,
+        encap: Encapsulation,
+        queues: usize,
     ) -> Result<XdpProgram, TransportError> {
         let (port, ethertype): (u16, u16) = match encap {
             Encapsulation::Udp { port } => (port, 0),
@@ -160,7 +175,7 @@ impl XdpProgram {
         let tries: &[(AttachMode, XdpMode)] = match mode {
             AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
             AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
-            AttachMode::Auto if auto_prefers_generic(interface) => {
+            AttachMode::Auto if auto_prefers_generic(interface, queues) => {
                 &[(AttachMode::Generic, XdpMode::Skb)]
             }
             AttachMode::Auto => &[
