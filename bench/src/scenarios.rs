@@ -51,7 +51,7 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    fn new(name: &str, backend: Backend) -> Measurement {
+    pub fn new(name: &str, backend: Backend) -> Measurement {
         Measurement {
             name: name.to_owned(),
             backend,

@@ -38,6 +38,11 @@ pub struct SuiteArgs {
     /// Seconds per measurement (default: 3, or 0.5 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Measure every scenario this many times, the whole list once per
+    /// round so that backends alternate; report the median rate and the
+    /// percentiles of all rounds' latencies together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
     /// Also time every datapath iteration per stage (RX poll, engine,
     /// handler, TX submit, TX completion) during a closed-loop RPC run on
     /// xdp and udp, and report a histogram per stage.
@@ -203,21 +208,29 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
         return Err("no scenario matches --only".into());
     }
     let profile_backends: &[Backend] = if args.profile { &RELAY } else { &[] };
-    let bar = indicatif::ProgressBar::new((jobs.len() + profile_backends.len()) as u64);
+    let runs = args.runs.max(1) as usize;
+    let bar = indicatif::ProgressBar::new((jobs.len() * runs + profile_backends.len()) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut results = Vec::new();
-    for job in &jobs {
-        bar.set_message(format!("{} on {}", job.name, job.backend.name()));
-        let measured =
-            (job.run)().map_err(|e| format!("{} on {}: {e}", job.name, job.backend.name()))?;
-        results.push(measured);
-        bar.inc(1);
+    let mut rounds: Vec<Vec<Measurement>> = jobs.iter().map(|_| Vec::new()).collect();
+    for round in 1..=runs {
+        for (job, measured) in jobs.iter().zip(&mut rounds) {
+            bar.set_message(format!(
+                "{} on {} (round {round} of {runs})",
+                job.name,
+                job.backend.name()
+            ));
+            measured.push(
+                (job.run)().map_err(|e| format!("{} on {}: {e}", job.name, job.backend.name()))?,
+            );
+            bar.inc(1);
+        }
     }
+    let mut results: Vec<Measurement> = rounds.into_iter().filter_map(combine).collect();
     let mut profiles = Vec::new();
     for &backend in profile_backends {
         bar.set_message(format!("profile on {}", backend.name()));
@@ -237,7 +250,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    print!("{}", table(&results, seconds, args.quick));
+    print!("{}", table(&results, seconds, args.quick, runs));
     if !profiles.is_empty() {
         print!("{}", profile_table(&profiles));
     }
@@ -245,7 +258,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let mut report = report_json(&results, seconds, args.quick);
+        let mut report = report_json(&results, seconds, args.quick, runs);
         if !profiles.is_empty() {
             report["profile"] = profile_json(&profiles);
         }
@@ -314,7 +327,43 @@ const QUANTILES: [(f64, &str); 6] = [
     (1.0, "max_ns"),
 ];
 
-fn report_json(results: &[Measurement], seconds: f64, quick: bool) -> Value {
+/// One scenario's rounds as one measurement: the median of each rate,
+/// and every round's latencies in one histogram. `None` for no rounds.
+fn combine(mut rounds: Vec<Measurement>) -> Option<Measurement> {
+    let median = |rounds: &[Measurement], field: fn(&Measurement) -> Option<f64>| {
+        let mut values: Vec<f64> = rounds.iter().filter_map(field).collect();
+        values.sort_by(f64::total_cmp);
+        let half = values.len() / 2;
+        match values.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(values[half]),
+            _ => Some((values[half - 1] + values[half]) / 2.0),
+        }
+    };
+    let frames_per_s = median(&rounds, |m| m.frames_per_s);
+    let bytes_per_s = median(&rounds, |m| m.bytes_per_s);
+    let ops_per_s = median(&rounds, |m| m.ops_per_s);
+    let mut latency: Option<Histogram<u64>> = None;
+    for round in &rounds {
+        if let Some(h) = &round.latency {
+            match &mut latency {
+                Some(all) => {
+                    // Same bounds everywhere (scenarios::histogram): cannot fail.
+                    let _ = all.add(h);
+                }
+                None => latency = Some(h.clone()),
+            }
+        }
+    }
+    let mut first = rounds.drain(..).next()?;
+    first.frames_per_s = frames_per_s;
+    first.bytes_per_s = bytes_per_s;
+    first.ops_per_s = ops_per_s;
+    first.latency = latency;
+    Some(first)
+}
+
+fn report_json(results: &[Measurement], seconds: f64, quick: bool, runs: usize) -> Value {
     let scenarios: Vec<Value> = results
         .iter()
         .map(|m| {
@@ -345,6 +394,7 @@ fn report_json(results: &[Measurement], seconds: f64, quick: bool) -> Value {
     json!({
         "machine": machine(),
         "seconds_per_measurement": seconds,
+        "runs": runs,
         "quick": quick,
         "scenarios": scenarios,
         "ratios": ratios(results),
@@ -446,13 +496,18 @@ fn micros(ns: u64) -> String {
 }
 
 /// The console table, ratios and targets.
-fn table(results: &[Measurement], seconds: f64, quick: bool) -> String {
+fn table(results: &[Measurement], seconds: f64, quick: bool, runs: usize) -> String {
     let mut out = String::new();
     let m = machine();
     let _ = writeln!(
         out,
-        "xrelay-bench: {} s per measurement{}; {} ({} cores), kernel {}",
+        "xrelay-bench: {} s per measurement{}{}; {} ({} cores), kernel {}",
         seconds,
+        if runs > 1 {
+            format!(", {runs} rounds (median rates, latencies of all rounds together)")
+        } else {
+            String::new()
+        },
         if quick { " (--quick)" } else { "" },
         m["cpu"].as_str().unwrap_or("?"),
         m["cores"],
@@ -673,4 +728,39 @@ pub fn by_scenario(results: &[Measurement]) -> BTreeMap<&str, Vec<&Measurement>>
         map.entry(m.name.as_str()).or_default().push(m);
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rate: f64, latencies: &[u64]) -> Measurement {
+        let mut m = Measurement::new("s", Backend::Xdp);
+        m.frames_per_s = Some(rate);
+        let mut h = scenarios::histogram();
+        for &ns in latencies {
+            h.record(ns).unwrap();
+        }
+        m.latency = Some(h);
+        m
+    }
+
+    #[test]
+    fn rounds_combine_to_median_rates_and_all_latencies() {
+        let three = combine(vec![
+            round(5.0, &[100]),
+            round(1.0, &[200, 300]),
+            round(3.0, &[400]),
+        ])
+        .unwrap();
+        assert_eq!(three.frames_per_s, Some(3.0));
+        let h = three.latency.unwrap();
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.max(), 400);
+        assert_eq!(h.min(), 100);
+        let two = combine(vec![round(1.0, &[]), round(3.0, &[])]).unwrap();
+        assert_eq!(two.frames_per_s, Some(2.0));
+        assert_eq!(two.bytes_per_s, None);
+        assert!(combine(Vec::new()).is_none());
+    }
 }

@@ -13,7 +13,7 @@ fn a_short_run_writes_table_json_percentiles_and_plots() {
     let json = dir.join("out/results.json");
     let plots = dir.join("plots");
     let output = Command::new(env!("CARGO_BIN_EXE_xrelay-bench"))
-        .args(["run", "--quick", "--seconds", "0.2"])
+        .args(["run", "--quick", "--seconds", "0.2", "--runs", "2"])
         .args(["--only", "raw_frames", "--only", "signal_throughput"])
         .args(["--only", "rpc_latency_closed", "--only", "rom_update_1KiB"])
         .arg("--json")
@@ -29,6 +29,7 @@ fn a_short_run_writes_table_json_percentiles_and_plots() {
         String::from_utf8_lossy(&output.stderr)
     );
     for line in [
+        "2 rounds (median rates, latencies of all rounds together)",
         "signal throughput xdp / udp",
         "RPC round trip p50 xdp / raw_xdp ping-pong",
         "rpc_latency_closed       raw_xdp",
@@ -39,6 +40,7 @@ fn a_short_run_writes_table_json_percentiles_and_plots() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["machine"]["cores"].as_u64() >= Some(1), "{report}");
+    assert_eq!(report["runs"], 2, "{report}");
     let scenarios = report["scenarios"].as_array().unwrap();
     let find = |name: &str, backend: &str| {
         scenarios
