@@ -149,6 +149,8 @@ struct RpcLoad {
     histogram: Histogram<u64>,
     completed: u64,
     failed: u64,
+    /// Why the first failed call failed.
+    first_failure: Option<String>,
     started_at: Instant,
 }
 
@@ -174,6 +176,7 @@ impl RpcLoad {
             histogram: histogram(),
             completed: 0,
             failed: 0,
+            first_failure: None,
             started_at: Instant::ZERO,
         }
     }
@@ -227,7 +230,13 @@ impl Side for RpcLoad {
                         }
                         true
                     }
-                    Err(_) => false,
+                    Err(error) => {
+                        let age = now.saturating_since(at);
+                        self.first_failure.get_or_insert_with(|| {
+                            format!("call {}: {error} after {age:?}", outcome.request_id)
+                        });
+                        false
+                    }
                 };
                 if !ok {
                     self.failed += 1;
@@ -252,7 +261,11 @@ impl Side for RpcLoad {
             self.next = now;
         }
         if self.failed > 0 {
-            return Err(format!("{} calls failed", self.failed));
+            return Err(format!(
+                "{} calls failed (first: {})",
+                self.failed,
+                self.first_failure.as_deref().unwrap_or("?")
+            ));
         }
         // After the window: no new calls, but the open loop still issues
         // what was due inside it, and every call due inside it is waited

@@ -26,6 +26,10 @@ struct Counting;
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// The RPC test counts its own thread only (tests run in parallel, and
+    /// the other tests' count is global).
+    static COUNTING_HERE: Cell<bool> = const { Cell::new(false) };
+    static COUNTED_HERE: Cell<u64> = const { Cell::new(0) };
     /// A runtime's datapath thread of the handoff test.
     static RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
 }
@@ -39,6 +43,9 @@ static RUNTIME_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 fn note_allocation() {
     if COUNTING.try_with(Cell::get).unwrap_or(false) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+    if COUNTING_HERE.try_with(Cell::get).unwrap_or(false) {
+        let _ = COUNTED_HERE.try_with(|c| c.set(c.get() + 1));
     }
     if ARMED.load(Ordering::Relaxed) && RUNTIME_THREAD.try_with(Cell::get).unwrap_or(false) {
         RUNTIME_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
@@ -283,42 +290,44 @@ fn carry(
 #[test]
 fn rpc_calls_in_the_steady_state_allocate_nothing() {
     use xrelay_datapath::node::NodeEvent;
+    use xrelay_datapath::time::Instant;
     use xrelay_datapath::transport::mem::host_endpoint;
 
-    let clock = MonotonicClock::new();
+    // Virtual time, a millisecond per loop iteration: the server's memory
+    // of executed ids covers twice the call timeout (10 s), so it stops
+    // growing only once that much time has passed at a steady rate.
+    let mut now = Instant::ZERO;
     let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
     let mut client = Node::new(NodeConfig::new(1472)).unwrap();
     let mut server = Node::new(NodeConfig::new(1472)).unwrap();
-    let peer = client.add_peer(clock.now(), "b", b_at).unwrap();
-    server.add_peer(clock.now(), "a", a_at).unwrap();
+    let peer = client.add_peer(now, "b", b_at).unwrap();
+    server.add_peer(now, "a", a_at).unwrap();
     server.export_rpc("echo", Box::new(Echo)).unwrap();
-    let session = client
-        .open(clock.now(), peer, Service::Rpc, "echo")
-        .unwrap();
+    let session = client.open(now, peer, Service::Rpc, "echo").unwrap();
     let mut buf = vec![0; 1472];
     for _ in 0..10 {
-        carry(&mut client, a_at, &mut server, clock.now(), &mut buf);
-        carry(&mut server, b_at, &mut client, clock.now(), &mut buf);
+        carry(&mut client, a_at, &mut server, now, &mut buf);
+        carry(&mut server, b_at, &mut client, now, &mut buf);
     }
     assert!(client.is_open(session));
 
-    // `window` calls outstanding; each reply's buffer carries the next
-    // call's arguments, as a caller reusing its buffers would.
-    let mut run = |window: usize, calls: usize, spare: &mut Vec<Vec<u8>>| {
+    // `window` calls outstanding until `calls` are done or `limit` of
+    // virtual time passed; each reply's buffer carries the next call's
+    // arguments, as a caller reusing its buffers would.
+    let mut run = |window: usize, calls: usize, limit: Duration, spare: &mut Vec<Vec<u8>>| {
+        let until = now + limit;
         let (mut issued, mut done) = (0, 0);
-        while done < calls {
+        while done < calls && now < until {
             while issued < calls && issued - done < window {
                 let mut args = spare.pop().unwrap_or_default();
                 args.clear();
                 args.extend_from_slice(&[0x5a; 48]);
-                client
-                    .call(clock.now(), session, 0x4543_484f, 0, args)
-                    .unwrap();
+                client.call(now, session, 0x4543_484f, 0, args).unwrap();
                 issued += 1;
             }
-            carry(&mut client, a_at, &mut server, clock.now(), &mut buf);
+            carry(&mut client, a_at, &mut server, now, &mut buf);
             while server.poll_event().is_some() {}
-            carry(&mut server, b_at, &mut client, clock.now(), &mut buf);
+            carry(&mut server, b_at, &mut client, now, &mut buf);
             while let Some(event) = client.poll_event() {
                 if let NodeEvent::CallDone { outcome, .. } = event {
                     let (code, reply) = outcome.result.unwrap();
@@ -327,16 +336,28 @@ fn rpc_calls_in_the_steady_state_allocate_nothing() {
                     done += 1;
                 }
             }
+            now += Duration::from_millis(1);
+        }
+        while issued > done {
+            carry(&mut client, a_at, &mut server, now, &mut buf);
+            carry(&mut server, b_at, &mut client, now, &mut buf);
+            while let Some(event) = client.poll_event() {
+                if let NodeEvent::CallDone { outcome, .. } = event {
+                    spare.push(outcome.result.unwrap().1);
+                    done += 1;
+                }
+            }
         }
     };
     let mut spare = Vec::with_capacity(64);
     for window in [1, 16] {
-        run(window, 5000, &mut spare);
-        COUNTING.with(|c| c.set(true));
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        run(window, 20_000, &mut spare);
-        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        COUNTING.with(|c| c.set(false));
+        // Warm up for 12 s of virtual time at this rate.
+        run(window, usize::MAX, Duration::from_secs(12), &mut spare);
+        COUNTING_HERE.with(|c| c.set(true));
+        let before = COUNTED_HERE.with(Cell::get);
+        run(window, 20_000, Duration::from_secs(3600), &mut spare);
+        let allocations = COUNTED_HERE.with(Cell::get) - before;
+        COUNTING_HERE.with(|c| c.set(false));
         assert_eq!(
             allocations, 0,
             "{allocations} allocations in 20000 echo calls, {window} outstanding"

@@ -54,7 +54,13 @@ pub struct RpcConfig {
     pub max_outstanding: usize,
     /// Bytes of incomplete messages a server or client holds per session.
     pub max_reassembly_bytes: usize,
-    /// Executed request ids a server remembers individually.
+    /// How far below the newest request id a server remembers executed
+    /// ids individually (a bit each). Ids below those of calls that arrived
+    /// whole more than twice the call timeout ago count as executed
+    /// wholesale (the client has given up on them), and so do ids this far
+    /// below the
+    /// newest one executed, whatever their age: a bound on memory that
+    /// only a hostile client or over 400 k calls/s per session reaches.
     pub remembered_ids: usize,
 }
 
@@ -68,7 +74,7 @@ impl Default for RpcConfig {
             max_fragment: 1400,
             max_outstanding: 256,
             max_reassembly_bytes: 64 * 1024 * 1024,
-            remembered_ids: 4096,
+            remembered_ids: 1 << 22,
         }
     }
 }
@@ -558,6 +564,101 @@ fn resend_missing(queue: &mut FragmentQueue, client_has: &Reassembly) -> bool {
     was_empty && !queue.is_empty()
 }
 
+/// The request ids a server has executed, for at-most-once execution:
+/// a bit per id from `base` up, and every id below `below` counts as
+/// executed.
+///
+/// `below` moves up only past ids the client can no longer send for the
+/// first time. A client numbers its calls in increasing order and gives up
+/// on each a call timeout after making it, so once a call has arrived
+/// whole, every lower id is settled a call timeout later: the server forgets
+/// individually (counts as executed) the ids below what it had seen twice
+/// the call timeout ago, never a call that is merely late. A fixed count of
+/// remembered ids would instead take a call whose frames were lost while
+/// thousands of later ones ran for executed, and never answer it.
+#[derive(Debug, Default)]
+struct Executed {
+    below: u64,
+    /// A multiple of 64, at most `below`: bit `i` of word `w` is id
+    /// `base + 64 w + i`.
+    base: u64,
+    words: VecDeque<u64>,
+    /// (when, one past the highest id of a call that had arrived whole by
+    /// then), one per epoch, oldest first.
+    marks: VecDeque<(Instant, u64)>,
+}
+
+impl Executed {
+    fn contains(&self, id: u64) -> bool {
+        if id < self.below {
+            return true;
+        }
+        let word = (id - self.base) / 64;
+        usize::try_from(word)
+            .ok()
+            .and_then(|w| self.words.get(w))
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// Notes that call `id` arrived whole at `now` (epochs of `epoch`).
+    /// First fragments alone do not count: a peer sending fragments of
+    /// calls it never completes moves nothing.
+    fn seen(&mut self, now: Instant, id: u64, epoch: Duration) {
+        let end = id.saturating_add(1);
+        match self.marks.back_mut() {
+            Some((since, high)) if now < *since + epoch => *high = (*high).max(end),
+            Some((_, high)) if *high >= end => {}
+            _ => self.marks.push_back((now, end)),
+        }
+    }
+
+    /// Counts as executed, wholesale, the ids below what had been seen
+    /// `after` ago.
+    fn forget_older(&mut self, now: Instant, after: Duration) {
+        while let Some(&(since, high)) = self.marks.front() {
+            if now < since + after {
+                break;
+            }
+            self.marks.pop_front();
+            self.forget_below(high);
+        }
+    }
+
+    fn forget_below(&mut self, id: u64) {
+        if id <= self.below {
+            return;
+        }
+        self.below = id;
+        while self.base.saturating_add(64) <= self.below {
+            if self.words.pop_front().is_none() {
+                self.base = self.below - self.below % 64;
+                return;
+            }
+            self.base += 64;
+        }
+    }
+
+    /// Remembers `id` as executed, in at most `span` words: ids further
+    /// below the newest are forgotten (count as executed) first.
+    fn insert(&mut self, id: u64, span: usize) {
+        if id < self.below {
+            return;
+        }
+        let word = (id - self.base) / 64;
+        let span = span as u64;
+        if word >= span {
+            self.forget_below((self.base + (word + 1 - span) * 64).min(id));
+        }
+        let word = usize::try_from((id - self.base) / 64).unwrap_or(usize::MAX);
+        while self.words.len() <= word {
+            self.words.push_back(0);
+        }
+        if let Some(w) = self.words.get_mut(word) {
+            *w |= 1 << (id % 64);
+        }
+    }
+}
+
 /// The server side of one RPC session. As on the client, the work per
 /// frame does not grow with the number of calls: replies with fragments to
 /// send wait in a queue, and the scan for stale replies runs at most once
@@ -572,12 +673,8 @@ pub struct RpcServer {
     spares: Spares,
     ready: VecDeque<ReadyCall>,
     /// Executed ids whose replies are gone, remembered individually.
-    /// Sorted; ids mostly arrive in order, so a remembered id goes at or
-    /// near the back and the oldest leaves from the front; the memory,
-    /// once grown, is kept.
-    executed: VecDeque<u64>,
-    /// Every id below this counts as executed.
-    forgotten_below: u64,
+    /// Request ids executed (their calls no longer held).
+    executed: Executed,
     /// Calls owed a call ACK.
     acks_due: BTreeSet<u64>,
     /// Replies with fragments queued, served round robin.
@@ -600,8 +697,7 @@ impl RpcServer {
             calls: FxHashMap::default(),
             spares: Spares::new(),
             ready: VecDeque::new(),
-            executed: VecDeque::new(),
-            forgotten_below: 0,
+            executed: Executed::default(),
             acks_due: BTreeSet::new(),
             replies_due: VecDeque::new(),
             next_expiry: Instant::ZERO,
@@ -613,13 +709,7 @@ impl RpcServer {
     }
 
     fn already_executed(&self, request_id: u64) -> bool {
-        // A new call's id is above every remembered one: no search.
-        request_id < self.forgotten_below
-            || (self
-                .executed
-                .back()
-                .is_some_and(|&newest| request_id <= newest)
-                && self.executed.binary_search(&request_id).is_ok())
+        self.executed.contains(request_id)
     }
 
     /// Bytes held for calls still being reassembled.
@@ -686,6 +776,8 @@ impl RpcServer {
         };
         match reassembly.insert(&call.fragment, call.data) {
             Ok(true) => {
+                // Complete: the client made this call, so every lower id.
+                self.executed.seen(now, id, self.config.call_timeout / 16);
                 let (interface, opcode) = (*interface, *opcode);
                 let Some(ServerCall::Assembling { reassembly, .. }) =
                     self.calls.insert(id, ServerCall::Executing)
@@ -762,6 +854,8 @@ impl RpcServer {
     /// deadline) are dropped the same way, freeing their memory; they were
     /// never executed, so they are not remembered.
     pub fn expire(&mut self, now: Instant) {
+        self.executed
+            .forget_older(now, self.config.call_timeout * 2);
         if now < self.next_expiry {
             return;
         }
@@ -817,14 +911,8 @@ impl RpcServer {
     }
 
     fn remember(&mut self, request_id: u64) {
-        if let Err(at) = self.executed.binary_search(&request_id) {
-            self.executed.insert(at, request_id);
-        }
-        while self.executed.len() > self.config.remembered_ids {
-            if let Some(oldest) = self.executed.pop_front() {
-                self.forgotten_below = self.forgotten_below.max(oldest.saturating_add(1));
-            }
-        }
+        let span = self.config.remembered_ids.div_ceil(64).max(1);
+        self.executed.insert(request_id, span);
     }
 
     /// The next frame body to send, if any.
@@ -1032,6 +1120,119 @@ mod tests {
             panic!("a final ack first");
         };
         assert!(client.call(now, 1, 0, vec![1]).is_ok());
+    }
+
+    /// Server side of one whole call `id`: arrives at `now`, runs, its
+    /// reply is acknowledged.
+    fn serve(server: &mut RpcServer, now: Instant, id: u64, args: &[u8]) -> Option<ReadyCall> {
+        let call = RpcCall {
+            request_id: id,
+            interface: 1,
+            opcode: 0,
+            fragment: fragment_of(args.len(), 1400, 0).0,
+            data: args,
+        };
+        server.handle_call(now, &call);
+        let ready = server.poll_call()?;
+        server.complete(now, id, 0, Vec::new()).unwrap();
+        server.handle_ack(&RpcAck {
+            request_id: id,
+            acked: Acked::Reply,
+            base: 1,
+            bitmap: &[],
+        });
+        Some(ready)
+    }
+
+    #[test]
+    fn a_call_lost_while_thousands_of_later_ones_run_still_runs_when_it_arrives() {
+        let mut server = RpcServer::new(RpcConfig::default());
+        let mut now = Instant::ZERO;
+        // Call 1's frames are lost; calls 2 to 10001 run within half a
+        // second: more than any fixed count of remembered ids.
+        for id in 2..=10_001 {
+            now += Duration::from_micros(50);
+            server.expire(now);
+            assert!(serve(&mut server, now, id, &id.to_le_bytes()).is_some());
+        }
+        // Call 1's retransmission arrives: it runs, once.
+        let ready = serve(&mut server, now, 1, &[5; 10]).expect("taken for executed");
+        assert_eq!((ready.request_id, ready.args), (1, vec![5; 10]));
+        assert!(serve(&mut server, now, 1, &[5; 10]).is_none());
+        assert!(serve(&mut server, now, 5000, &[0]).is_none());
+    }
+
+    #[test]
+    fn executed_ids_are_forgotten_only_after_twice_the_call_timeout() {
+        let config = RpcConfig::default();
+        let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
+        let mut now = Instant::ZERO;
+        for _ in 0..5000 {
+            round_trip(
+                &mut client,
+                &mut server,
+                &mut now,
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        }
+        let held = server.executed.words.len();
+        assert!(held >= 5000 / 64, "{held} words for 5000 ids");
+        // Within twice the call timeout nothing is forgotten.
+        server.expire(now + config.call_timeout);
+        assert_eq!(server.executed.words.len(), held);
+        // After it, all of them are, and still count as executed.
+        let later = now + config.call_timeout * 2 + Duration::from_millis(1);
+        server.expire(later);
+        assert!(
+            server.executed.words.len() <= 1,
+            "{:?}",
+            server.executed.words.len()
+        );
+        assert!((1..=5000).all(|id| server.knows(id)));
+        // A very late duplicate of an executed call never runs again.
+        let call = RpcCall {
+            request_id: 17,
+            interface: 1,
+            opcode: 0,
+            fragment: fragment_of(3, config.max_fragment, 0).0,
+            data: &[1, 2, 3],
+        };
+        server.handle_call(later, &call);
+        assert!(server.poll_call().is_none());
+    }
+
+    #[test]
+    fn a_hostile_jump_of_ids_keeps_the_memory_bounded() {
+        let config = RpcConfig {
+            remembered_ids: 64 * 16,
+            ..RpcConfig::default()
+        };
+        let mut server = RpcServer::new(config);
+        let now = Instant::ZERO;
+        for id in [1, u64::MAX / 2, u64::MAX - 1] {
+            let call = RpcCall {
+                request_id: id,
+                interface: 1,
+                opcode: 0,
+                fragment: fragment_of(1, config.max_fragment, 0).0,
+                data: &[0],
+            };
+            server.handle_call(now, &call);
+            let ready = server.poll_call().unwrap();
+            server
+                .complete(now, ready.request_id, 0, Vec::new())
+                .unwrap();
+            let ack = RpcAck {
+                request_id: id,
+                acked: Acked::Reply,
+                base: 1,
+                bitmap: &[],
+            };
+            server.handle_ack(&ack);
+            assert!(server.executed.words.len() <= 16);
+            assert!(server.knows(id));
+        }
     }
 
     #[test]
