@@ -629,13 +629,13 @@ impl Executed {
             return;
         }
         self.below = id;
-        while self.base.saturating_add(64) <= self.below {
-            if self.words.pop_front().is_none() {
-                self.base = self.below - self.below % 64;
-                return;
-            }
-            self.base += 64;
-        }
+        // The words wholly below the new base go (`base` never passes
+        // `below`, so this cannot underflow, and nothing here overflows
+        // near `u64::MAX`).
+        let base = id - id % 64;
+        let gone = usize::try_from((base - self.base) / 64).unwrap_or(usize::MAX);
+        self.words.drain(..gone.min(self.words.len()));
+        self.base = base;
     }
 
     /// Remembers `id` as executed, in at most `span` words: ids further
@@ -1233,6 +1233,10 @@ mod tests {
             assert!(server.executed.words.len() <= 16);
             assert!(server.knows(id));
         }
+        // Forgetting up to the top of the id space later stays in bounds.
+        server.expire(now + config.call_timeout * 3);
+        assert!(server.knows(u64::MAX - 1) && server.knows(7));
+        assert!(server.executed.words.len() <= 1);
     }
 
     #[test]
