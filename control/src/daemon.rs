@@ -286,8 +286,9 @@ fn start_datapath(config: &Config) -> Result<Started, String> {
             ModeChoice::Generic => AttachMode::Generic,
             _ => AttachMode::Auto,
         };
-        let program = XdpProgram::attach_for(interface, attach, encap, queues.len())
-            .map_err(|e| e.to_string())?;
+        let served: Vec<u32> = queues.iter().map(|q| q.0).collect();
+        let program =
+            XdpProgram::attach_for(interface, attach, encap, &served).map_err(|e| e.to_string())?;
         let program = Arc::new(Mutex::new(program));
         let group = Handoff::group(queues.len());
         for (name, endpoint) in &peers {

@@ -159,8 +159,8 @@ fn auto_attaches_generic_on_veth_and_native_still_works() {
             .unwrap_or_else(|e| panic!("AF_XDP on {interface} (needs root): {e}"));
         (
             driver(&interface),
-            auto_prefers_generic(&interface, 1),
-            auto_prefers_generic(&interface, 2),
+            auto_prefers_generic(&interface, &[0]),
+            auto_prefers_generic(&interface, &[0, 1]) || auto_prefers_generic(&interface, &[1]),
             driver("xrelay-none0"),
             transport.modes().0,
         )
@@ -169,7 +169,10 @@ fn auto_attaches_generic_on_veth_and_native_still_works() {
     .unwrap();
     assert_eq!(name.as_deref(), Some("veth"));
     assert!(generic);
-    assert!(!generic_two, "several queues keep native XDP on veth");
+    assert!(
+        !generic_two,
+        "several queues, or queue 1 alone, keep native XDP on veth"
+    );
     assert_eq!(missing, None);
     assert_eq!(modes, AttachMode::Generic);
 
@@ -363,8 +366,13 @@ fn two_queues_two_pinned_threads_carry_traffic() {
         std::thread::spawn(move || {
             netns::enter(&ns).unwrap();
             Arc::new(Mutex::new(
-                XdpProgram::attach_for(&interface, AttachMode::Auto, Encapsulation::default(), 2)
-                    .unwrap(),
+                XdpProgram::attach_for(
+                    &interface,
+                    AttachMode::Auto,
+                    Encapsulation::default(),
+                    &[0, 1],
+                )
+                .unwrap(),
             ))
         })
         .join()

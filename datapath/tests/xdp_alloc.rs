@@ -185,7 +185,7 @@ fn handing_frames_to_the_owning_queue_allocates_nothing() {
             &host.interface,
             xrelay_datapath::transport::xdp::AttachMode::Auto,
             xrelay_datapath::wire::encap::Encapsulation::default(),
-            2,
+            &[0, 1],
         )
         .expect("the XDP program (needs root)");
         let program = Arc::new(Mutex::new(program));
@@ -294,7 +294,7 @@ fn rpc_calls_in_the_steady_state_allocate_nothing() {
     use xrelay_datapath::transport::mem::host_endpoint;
 
     // Virtual time, a millisecond per loop iteration: the server's memory
-    // of executed ids covers twice the call timeout (10 s), so it stops
+    // of executed ids covers a minute (`rpc::REMEMBER_FOR`), so it stops
     // growing only once that much time has passed at a steady rate.
     let mut now = Instant::ZERO;
     let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
@@ -351,8 +351,8 @@ fn rpc_calls_in_the_steady_state_allocate_nothing() {
     };
     let mut spare = Vec::with_capacity(64);
     for window in [1, 16] {
-        // Warm up for 12 s of virtual time at this rate.
-        run(window, usize::MAX, Duration::from_secs(12), &mut spare);
+        // Warm up for 65 s of virtual time at this rate.
+        run(window, usize::MAX, Duration::from_secs(65), &mut spare);
         COUNTING_HERE.with(|c| c.set(true));
         let before = COUNTED_HERE.with(Cell::get);
         run(window, 20_000, Duration::from_secs(3600), &mut spare);

@@ -79,10 +79,13 @@ impl Received {
 /// Spare message buffers of an engine, so that steady traffic of small
 /// messages allocates nothing: a finished message's buffer (call
 /// arguments, a cached reply) comes back here and holds the next one.
-/// Bounded in number and size; anything else is freed.
+/// Bounded in number, in size and in bytes together (what a session can
+/// hold outside its peer's reassembly budget); anything else is freed.
 #[derive(Debug)]
 pub struct Spares {
     buffers: Vec<Vec<u8>>,
+    /// Capacity of the buffers held, in bytes.
+    held: usize,
 }
 
 impl Spares {
@@ -91,17 +94,22 @@ impl Spares {
     /// Largest capacity kept, in bytes: bigger buffers are freed (a large
     /// message is rare, and a fresh zeroed allocation of it costs no more).
     pub const CAPACITY: usize = 64 * 1024;
+    /// Capacity kept at most, all buffers together.
+    pub const BYTES: usize = 128 * 1024;
 
     /// No spares yet (room for [`Spares::COUNT`] reserved).
     pub fn new() -> Spares {
         Spares {
             buffers: Vec::with_capacity(Self::COUNT),
+            held: 0,
         }
     }
 
     /// An empty buffer, spare if one is left.
     pub fn take(&mut self) -> Vec<u8> {
-        self.buffers.pop().unwrap_or_default()
+        let buffer = self.buffers.pop().unwrap_or_default();
+        self.held -= buffer.capacity();
+        buffer
     }
 
     /// A buffer of `len` zero bytes, spare if it fits one.
@@ -119,10 +127,12 @@ impl Spares {
         if buffer.capacity() == 0
             || buffer.capacity() > Self::CAPACITY
             || self.buffers.len() >= Self::COUNT
+            || self.held + buffer.capacity() > Self::BYTES
         {
             return;
         }
         buffer.clear();
+        self.held += buffer.capacity();
         self.buffers.push(buffer);
     }
 }
@@ -370,6 +380,14 @@ mod tests {
             spares.give(vec![1; 8]);
         }
         assert_eq!(spares.buffers.len(), Spares::COUNT);
+        // Big buffers stop at the byte bound.
+        let mut spares = Spares::new();
+        for _ in 0..Spares::COUNT {
+            spares.give(vec![0; Spares::CAPACITY]);
+        }
+        assert_eq!(spares.buffers.len(), Spares::BYTES / Spares::CAPACITY);
+        assert_eq!(spares.take().capacity(), Spares::CAPACITY);
+        assert_eq!(spares.held, Spares::BYTES - Spares::CAPACITY);
     }
 
     #[test]

@@ -56,11 +56,12 @@ pub struct RpcConfig {
     pub max_reassembly_bytes: usize,
     /// How far below the newest request id a server remembers executed
     /// ids individually (a bit each). Ids below those of calls that arrived
-    /// whole more than twice the call timeout ago count as executed
-    /// wholesale (the client has given up on them), and so do ids this far
-    /// below the
-    /// newest one executed, whatever their age: a bound on memory that
-    /// only a hostile client or over 400 k calls/s per session reaches.
+    /// whole more than [`REMEMBER_FOR`] or twice the call timeout ago,
+    /// whichever is longer, count as executed wholesale (the client has
+    /// given up on them), and so do ids this far below the newest one
+    /// executed, whatever their age: a bound on memory (256 KiB per
+    /// session by default) that only a client above 35 k calls/s on one
+    /// session reaches, or one that skips ids.
     pub remembered_ids: usize,
 }
 
@@ -74,7 +75,7 @@ impl Default for RpcConfig {
             max_fragment: 1400,
             max_outstanding: 256,
             max_reassembly_bytes: 64 * 1024 * 1024,
-            remembered_ids: 1 << 22,
+            remembered_ids: 1 << 21,
         }
     }
 }
@@ -564,6 +565,19 @@ fn resend_missing(queue: &mut FragmentQueue, client_has: &Reassembly) -> bool {
     was_empty && !queue.is_empty()
 }
 
+/// A server remembers executed request ids individually for at least
+/// this long (and twice its call timeout if that is longer), so that a
+/// client whose call timeout is longer than the server's still has its
+/// late calls answered, up to a minute.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
+
+/// A remembered id more than this many bitmap words (64 ids each) above
+/// the last one is a jump no conforming client makes (its ids grow by one
+/// per call, and only its outstanding calls lie between): everything
+/// below it is then forgotten at once, so a jump costs no more than a
+/// call.
+const MAX_FILL_WORDS: u64 = 1024;
+
 /// The request ids a server has executed, for at-most-once execution:
 /// a bit per id from `base` up, and every id below `below` counts as
 /// executed.
@@ -639,19 +653,22 @@ impl Executed {
     }
 
     /// Remembers `id` as executed, in at most `span` words: ids further
-    /// below the newest are forgotten (count as executed) first.
+    /// below the newest are forgotten (count as executed) first, and all
+    /// below it after a jump.
     fn insert(&mut self, id: u64, span: usize) {
         if id < self.below {
             return;
         }
         let word = (id - self.base) / 64;
         let span = span as u64;
-        if word >= span {
+        if word >= self.words.len() as u64 + MAX_FILL_WORDS {
+            self.forget_below(id - id % 64);
+        } else if word >= span {
             self.forget_below((self.base + (word + 1 - span) * 64).min(id));
         }
         let word = usize::try_from((id - self.base) / 64).unwrap_or(usize::MAX);
-        while self.words.len() <= word {
-            self.words.push_back(0);
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
         }
         if let Some(w) = self.words.get_mut(word) {
             *w |= 1 << (id % 64);
@@ -672,7 +689,6 @@ pub struct RpcServer {
     /// reused for new ones.
     spares: Spares,
     ready: VecDeque<ReadyCall>,
-    /// Executed ids whose replies are gone, remembered individually.
     /// Request ids executed (their calls no longer held).
     executed: Executed,
     /// Calls owed a call ACK.
@@ -854,8 +870,8 @@ impl RpcServer {
     /// deadline) are dropped the same way, freeing their memory; they were
     /// never executed, so they are not remembered.
     pub fn expire(&mut self, now: Instant) {
-        self.executed
-            .forget_older(now, self.config.call_timeout * 2);
+        let horizon = (self.config.call_timeout * 2).max(REMEMBER_FOR);
+        self.executed.forget_older(now, horizon);
         if now < self.next_expiry {
             return;
         }
@@ -1163,7 +1179,7 @@ mod tests {
     }
 
     #[test]
-    fn executed_ids_are_forgotten_only_after_twice_the_call_timeout() {
+    fn executed_ids_are_forgotten_only_after_a_minute() {
         let config = RpcConfig::default();
         let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
         let mut now = Instant::ZERO;
@@ -1178,11 +1194,12 @@ mod tests {
         }
         let held = server.executed.words.len();
         assert!(held >= 5000 / 64, "{held} words for 5000 ids");
-        // Within twice the call timeout nothing is forgotten.
-        server.expire(now + config.call_timeout);
+        // Within a minute (more than twice the call timeout) nothing is
+        // forgotten.
+        server.expire(now + (REMEMBER_FOR - Duration::from_millis(1)));
         assert_eq!(server.executed.words.len(), held);
         // After it, all of them are, and still count as executed.
-        let later = now + config.call_timeout * 2 + Duration::from_millis(1);
+        let later = now + REMEMBER_FOR + Duration::from_millis(1);
         server.expire(later);
         assert!(
             server.executed.words.len() <= 1,
@@ -1233,8 +1250,26 @@ mod tests {
             assert!(server.executed.words.len() <= 16);
             assert!(server.knows(id));
         }
+        // With the default bound too, a jump costs one word, not the span.
+        let mut server = RpcServer::new(RpcConfig::default());
+        for id in [1, 1 << 30, (1 << 30) + 64 * 1000] {
+            assert!(serve(&mut server, now, id, &[0]).is_some());
+        }
+        assert!(server.knows(5) && server.knows(1 << 30));
+        assert!(
+            server.executed.words.len() <= 1001,
+            "{}",
+            server.executed.words.len()
+        );
+        let mut server = {
+            let mut server = RpcServer::new(config);
+            for id in [1, u64::MAX / 2, u64::MAX - 1] {
+                serve(&mut server, now, id, &[0]);
+            }
+            server
+        };
         // Forgetting up to the top of the id space later stays in bounds.
-        server.expire(now + config.call_timeout * 3);
+        server.expire(now + REMEMBER_FOR * 2);
         assert!(server.knows(u64::MAX - 1) && server.knows(7));
         assert!(server.executed.words.len() <= 1);
     }

@@ -322,10 +322,15 @@ fn set_socket_option(fd: i32, option: i32, value: i32) -> std::io::Result<()> {
 impl XdpTransport {
     /// Attaches the XDP program to the interface, creates the UMEM and the
     /// socket, and binds it to the configured queue. For several queues of
-    /// one interface, attach once with [`XdpProgram::attach`] and create one
-    /// transport per queue with [`XdpTransport::with_program`].
+    /// one interface, attach once with [`XdpProgram::attach_for`] and
+    /// create one transport per queue with [`XdpTransport::with_program`].
     pub fn new(config: XdpConfig) -> Result<XdpTransport, TransportError> {
-        let program = XdpProgram::attach(&config.interface, config.attach, config.encap)?;
+        let program = XdpProgram::attach_for(
+            &config.interface,
+            config.attach,
+            config.encap,
+            &[config.queue],
+        )?;
         XdpTransport::with_program(config, Arc::new(Mutex::new(program)))
     }
 

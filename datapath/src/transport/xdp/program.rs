@@ -46,14 +46,16 @@ fn error(what: &str, detail: impl std::fmt::Display) -> TransportError {
 /// about 5 % more frames per second and a round trip 0.6-0.8 µs shorter.
 const GENERIC_IS_FASTER: &[&str] = &["veth"];
 
-/// Whether `Auto` attaches `interface`, served by `queues` AF_XDP sockets,
-/// in generic mode: its driver is one whose native hook costs more than the
-/// generic one (today: veth), and one queue is served. The generic hook
-/// sees every frame of a veth on receive queue 0, where the native hook
-/// keeps the sender's queue, so several queues keep native XDP to spread
-/// the work.
-pub fn auto_prefers_generic(interface: &str, queues: usize) -> bool {
-    queues <= 1 && driver(interface).is_some_and(|name| GENERIC_IS_FASTER.contains(&name.as_str()))
+/// Whether `Auto` attaches `interface`, whose receive `queues` get AF_XDP
+/// sockets, in generic mode: its driver is one whose native hook costs
+/// more than the generic one (today: veth), and queue 0 alone is served.
+/// The generic hook sees every frame of a veth on receive queue 0, where
+/// the native hook keeps the sender's queue: several queues keep native
+/// XDP to spread the work, and a socket on another queue alone would see
+/// nothing in generic mode.
+pub fn auto_prefers_generic(interface: &str, queues: &[u32]) -> bool {
+    queues == [0]
+        && driver(interface).is_some_and(|name| GENERIC_IS_FASTER.contains(&name.as_str()))
 }
 
 /// `struct ethtool_drvinfo` of linux/ethtool.h, the answer to
@@ -112,7 +114,7 @@ pub fn driver(interface: &str) -> Option<String> {
     // SAFETY: `ifreq` is plain old data, valid all zeros.
     let mut request: nix::libc::ifreq = unsafe { std::mem::zeroed() };
     for (to, &from) in request.ifr_name.iter_mut().zip(name) {
-        *to = from.cast_signed();
+        *to = nix::libc::c_char::from_ne_bytes([from]);
     }
     request.ifr_ifru.ifru_data = (&raw mut info).cast();
     // SAFETY: `probe` is an open socket; `request` names the interface
@@ -132,23 +134,24 @@ pub fn driver(interface: &str) -> Option<String> {
 
 impl XdpProgram {
     /// Loads the program for `encap` and attaches it to `interface` in
-    /// `mode`, for one queue. `Auto` is generic on veth (see
+    /// `mode`, for a socket on queue 0. `Auto` is generic on veth (see
     /// [`auto_prefers_generic`]), else native, falling back to generic.
     pub fn attach(
         interface: &str,
         mode: AttachMode,
         encap: Encapsulation,
     ) -> Result<XdpProgram, TransportError> {
-        XdpProgram::attach_for(interface, mode, encap, 1)
+        XdpProgram::attach_for(interface, mode, encap, &[0])
     }
 
-    /// [`XdpProgram::attach`] for an interface whose `queues` receive
-    /// queues each get a socket: `Auto` then keeps native XDP on veth.
+    /// [`XdpProgram::attach`] for an interface whose receive `queues` each
+    /// get a socket: `Auto` keeps native XDP on veth unless `queues` is
+    /// queue 0 alone.
     pub fn attach_for(
         interface: &str,
         mode: AttachMode,
         encap: Encapsulation,
-        queues: usize,
+        queues: &[u32],
     ) -> Result<XdpProgram, TransportError> {
         let (port, ethertype): (u16, u16) = match encap {
             Encapsulation::Udp { port } => (port, 0),
