@@ -3,7 +3,7 @@
 //! document itself, so the prose and the code cannot drift apart.
 
 use xrelay_datapath::marshal::to_vec;
-use xrelay_datapath::wire::encap::{self, Encapsulation, ETHERTYPE_RELAY};
+use xrelay_datapath::wire::encap;
 use xrelay_datapath::wire::{Frame, Kind, Message};
 
 mod doc_examples;
@@ -29,13 +29,7 @@ fn every_example_in_the_wire_document_parses_and_re_emits() {
         match example.tag.as_str() {
             "frame" => kinds.push(check_frame(&example.bytes, example.line)),
             "udp" | "raw" => {
-                let encap = if example.tag == "udp" {
-                    Encapsulation::default()
-                } else {
-                    Encapsulation::Ethernet {
-                        ethertype: ETHERTYPE_RELAY,
-                    }
-                };
+                let encap = example.encapsulation().expect("udp or raw");
                 let (src, dst, relay) = encap::parse(&example.bytes, encap)
                     .unwrap_or_else(|e| panic!("docs/wire.md:{}: {e}", example.line));
                 check_frame(relay, example.line);

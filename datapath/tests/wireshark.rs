@@ -242,7 +242,7 @@ fn pcap(packets: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn tshark_reads_the_values_of_every_example_of_the_wire_document() {
-    use xrelay_datapath::wire::encap::{self, Encapsulation, ETHERTYPE_RELAY};
+    use xrelay_datapath::wire::encap::{self, Encapsulation};
     use xrelay_datapath::wire::ethernet::EthernetAddress;
     use xrelay_datapath::wire::Frame;
 
@@ -273,13 +273,7 @@ fn tshark_reads_the_values_of_every_example_of_the_wire_document() {
                 (packet, example.bytes.clone())
             }
             "udp" | "raw" => {
-                let encap = if example.tag == "udp" {
-                    Encapsulation::default()
-                } else {
-                    Encapsulation::Ethernet {
-                        ethertype: ETHERTYPE_RELAY,
-                    }
-                };
+                let encap = example.encapsulation().expect("udp or raw");
                 let (_, _, relay) = encap::parse(&example.bytes, encap).unwrap();
                 (example.bytes.clone(), relay.to_vec())
             }

@@ -304,7 +304,9 @@ impl FragmentQueue {
 
     /// Keeps the queued indexes `keep` accepts, in order.
     pub fn retain(&mut self, mut keep: impl FnMut(u16) -> bool) {
-        if self.next < self.end {
+        // The run is what has not been sent yet, which an acknowledgement
+        // rarely names: it becomes a list only if some of it goes.
+        if !(self.next..self.end).all(&mut keep) {
             let run = self.next..self.end;
             self.next = self.end;
             self.singles.extend(run);
@@ -349,6 +351,9 @@ mod tests {
     fn fragment_queue_sends_a_run_then_retransmissions() {
         let mut queue = FragmentQueue::all(4);
         assert_eq!(queue.pop_front(), Some(0));
+        // An ACK naming nothing queued leaves the run a run (no list).
+        queue.retain(|i| i != 0);
+        assert!(queue.singles.is_empty());
         // An ACK for fragment 2 takes it out of the run.
         queue.retain(|i| i != 2);
         let rest: Vec<u16> = core::iter::from_fn(|| queue.pop_front()).collect();

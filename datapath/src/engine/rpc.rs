@@ -142,6 +142,8 @@ pub struct RpcClient {
     calls: FxHashMap<u64, PendingCall>,
     /// Buffers of finished calls' arguments, reused for replies.
     spares: Spares,
+    /// Scratch list of the calls whose timer fired (see `fire_timers`).
+    fired: Vec<u64>,
     /// Calls with fragments or an ACK to send, served round robin.
     sendable: VecDeque<u64>,
     /// Replies complete here whose final acknowledgement (which frees the
@@ -172,6 +174,7 @@ impl RpcClient {
             next_request: 1,
             calls: FxHashMap::default(),
             spares: Spares::new(),
+            fired: Vec::new(),
             sendable: VecDeque::new(),
             final_acks: VecDeque::new(),
             next_timer: NEVER,
@@ -375,23 +378,33 @@ impl RpcClient {
             return;
         }
         let mut next_timer = NEVER;
-        let (mut expired, mut due) = (Vec::new(), Vec::new());
+        // The calls whose timer fired, oldest first whatever the map's
+        // order, in a list kept between firings.
+        let mut fired = core::mem::take(&mut self.fired);
+        fired.clear();
         for (&request_id, call) in &self.calls {
-            if now >= call.deadline {
-                expired.push(request_id);
-            } else if now >= call.retransmit_at {
-                due.push(request_id);
+            if now >= call.retransmit_at.min(call.deadline) {
+                fired.push(request_id);
             } else {
                 next_timer = next_timer.min(call.retransmit_at).min(call.deadline);
             }
         }
-        // Oldest first, whatever the map's order.
-        expired.sort_unstable();
-        due.sort_unstable();
-        for request_id in due {
+        fired.sort_unstable();
+        for &request_id in &fired {
             let Some(call) = self.calls.get_mut(&request_id) else {
                 continue;
             };
+            if now >= call.deadline {
+                if let Some(call) = self.calls.remove(&request_id) {
+                    self.release(&call);
+                    self.events.push_back(CallOutcome {
+                        request_id,
+                        sent_at: call.sent_at,
+                        result: Err(CallError::Timeout),
+                    });
+                }
+                continue;
+            }
             call.retransmitted = true;
             call.rto = (call.rto * 2).min(self.config.max_rto);
             call.retransmit_at = now + call.rto;
@@ -409,17 +422,8 @@ impl RpcClient {
             schedule(&mut self.sendable, call, request_id);
             next_timer = next_timer.min(call.retransmit_at).min(call.deadline);
         }
+        self.fired = fired;
         self.next_timer = next_timer;
-        for request_id in expired {
-            if let Some(call) = self.calls.remove(&request_id) {
-                self.release(&call);
-                self.events.push_back(CallOutcome {
-                    request_id,
-                    sent_at: call.sent_at,
-                    result: Err(CallError::Timeout),
-                });
-            }
-        }
     }
 
     fn release(&mut self, call: &PendingCall) {
@@ -571,6 +575,12 @@ fn resend_missing(queue: &mut FragmentQueue, client_has: &Reassembly) -> bool {
 /// late calls answered, up to a minute.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
 
+/// How long a server remembers executed ids individually after a higher
+/// call arrived: [`REMEMBER_FOR`], or twice its call timeout if longer.
+fn horizon(config: &RpcConfig) -> Duration {
+    (config.call_timeout * 2).max(REMEMBER_FOR)
+}
+
 /// A remembered id more than this many bitmap words (64 ids each) above
 /// the last one is a jump no conforming client makes (its ids grow by one
 /// per call, and only its outstanding calls lie between): everything
@@ -586,10 +596,11 @@ const MAX_FILL_WORDS: u64 = 1024;
 /// first time. A client numbers its calls in increasing order and gives up
 /// on each a call timeout after making it, so once a call has arrived
 /// whole, every lower id is settled a call timeout later: the server forgets
-/// individually (counts as executed) the ids below what it had seen twice
-/// the call timeout ago, never a call that is merely late. A fixed count of
-/// remembered ids would instead take a call whose frames were lost while
-/// thousands of later ones ran for executed, and never answer it.
+/// individually (counts as executed) the ids below what had arrived a
+/// horizon ago (`horizon`, longer than any call timeout it expects), never
+/// a call that is merely late. A fixed count of remembered ids would
+/// instead take a call whose frames were lost while thousands of later
+/// ones ran for executed, and never answer it.
 #[derive(Debug, Default)]
 struct Executed {
     below: u64,
@@ -724,10 +735,6 @@ impl RpcServer {
         }
     }
 
-    fn already_executed(&self, request_id: u64) -> bool {
-        self.executed.contains(request_id)
-    }
-
     /// Bytes held for calls still being reassembled.
     pub fn assembling_bytes(&self) -> usize {
         self.assembling_bytes
@@ -736,7 +743,7 @@ impl RpcServer {
     /// Whether the server holds any state for `request_id` (assembling,
     /// executing, replied or remembered as executed).
     pub fn knows(&self, request_id: u64) -> bool {
-        self.already_executed(request_id) || self.calls.contains_key(&request_id)
+        self.executed.contains(request_id) || self.calls.contains_key(&request_id)
     }
 
     /// Takes a call fragment into account.
@@ -746,7 +753,7 @@ impl RpcServer {
         // first: "executed" only matters for ids no longer held.
         match self.calls.get_mut(&id) {
             None => {
-                if self.already_executed(id) {
+                if self.executed.contains(id) {
                     return;
                 }
                 let len = call.fragment.total_len as usize;
@@ -793,7 +800,7 @@ impl RpcServer {
         match reassembly.insert(&call.fragment, call.data) {
             Ok(true) => {
                 // Complete: the client made this call, so every lower id.
-                self.executed.seen(now, id, self.config.call_timeout / 16);
+                self.executed.seen(now, id, horizon(&self.config) / 32);
                 let (interface, opcode) = (*interface, *opcode);
                 let Some(ServerCall::Assembling { reassembly, .. }) =
                     self.calls.insert(id, ServerCall::Executing)
@@ -870,8 +877,7 @@ impl RpcServer {
     /// deadline) are dropped the same way, freeing their memory; they were
     /// never executed, so they are not remembered.
     pub fn expire(&mut self, now: Instant) {
-        let horizon = (self.config.call_timeout * 2).max(REMEMBER_FOR);
-        self.executed.forget_older(now, horizon);
+        self.executed.forget_older(now, horizon(&self.config));
         if now < self.next_expiry {
             return;
         }

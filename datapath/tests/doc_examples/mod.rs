@@ -11,6 +11,21 @@ pub struct Example {
     pub bytes: Vec<u8>,
 }
 
+impl Example {
+    /// The encapsulation of a `udp` or `raw` example (`None` for a bare
+    /// frame or a marshalled value).
+    pub fn encapsulation(&self) -> Option<xrelay_datapath::wire::encap::Encapsulation> {
+        use xrelay_datapath::wire::encap::{Encapsulation, ETHERTYPE_RELAY};
+        match self.tag.as_str() {
+            "udp" => Some(Encapsulation::default()),
+            "raw" => Some(Encapsulation::Ethernet {
+                ethertype: ETHERTYPE_RELAY,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Every example, in document order.
 pub fn examples() -> Vec<Example> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire.md");

@@ -61,6 +61,7 @@ pub fn auto_prefers_generic(interface: &str, queues: &[u32]) -> bool {
 /// `struct ethtool_drvinfo` of linux/ethtool.h, the answer to
 /// `ETHTOOL_GDRVINFO`.
 #[repr(C)]
+#[derive(Default)]
 struct DriverInfo {
     cmd: u32,
     driver: [u8; 32],
@@ -99,17 +100,7 @@ pub fn driver(interface: &str) -> Option<String> {
     .ok()?;
     let mut info = DriverInfo {
         cmd: ETHTOOL_GDRVINFO,
-        driver: [0; 32],
-        version: [0; 32],
-        fw_version: [0; 32],
-        bus_info: [0; 32],
-        erom_version: [0; 32],
-        reserved2: [0; 12],
-        n_priv_flags: 0,
-        n_stats: 0,
-        testinfo_len: 0,
-        eedump_len: 0,
-        regdump_len: 0,
+        ..DriverInfo::default()
     };
     // SAFETY: `ifreq` is plain old data, valid all zeros.
     let mut request: nix::libc::ifreq = unsafe { std::mem::zeroed() };
