@@ -28,6 +28,9 @@ pub enum Backend {
     Xdp,
     /// Relay nodes over kernel UDP sockets (`sendmmsg`/`recvmmsg`).
     Udp,
+    /// Bare kernel UDP sockets, no relay logic: the floor of `udp`
+    /// (round trips only).
+    RawUdp,
 }
 
 impl Backend {
@@ -37,6 +40,7 @@ impl Backend {
             Backend::RawXdp => "raw_xdp",
             Backend::Xdp => "xdp",
             Backend::Udp => "udp",
+            Backend::RawUdp => "raw_udp",
         }
     }
 }
@@ -80,7 +84,7 @@ pub fn transport(backend: Backend, place: &Place) -> Result<Box<dyn Transport>, 
             &place.interface,
             place.endpoint.ip,
         ))?),
-        Backend::Udp => Box::new(UdpTransport::bind(
+        Backend::Udp | Backend::RawUdp => Box::new(UdpTransport::bind(
             SocketAddrV4::new(place.endpoint.ip, DEFAULT_UDP_PORT),
             UdpConfig::default(),
         )?),

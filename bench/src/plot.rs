@@ -22,6 +22,7 @@ fn colour(backend: Backend) -> RGBColor {
         Backend::RawXdp => RGBColor(90, 90, 90),
         Backend::Xdp => RGBColor(31, 119, 180),
         Backend::Udp => RGBColor(214, 39, 40),
+        Backend::RawUdp => RGBColor(240, 160, 150),
     }
 }
 
@@ -220,7 +221,7 @@ fn bars<DB: DrawingBackend>(
             names.push(&m.name);
         }
     }
-    let backends = [Backend::RawXdp, Backend::Xdp, Backend::Udp];
+    let backends = [Backend::RawXdp, Backend::Xdp, Backend::Udp, Backend::RawUdp];
     let top = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.15;
     let count = names.len();
     let mut chart = ChartBuilder::on(area)

@@ -7,7 +7,8 @@
 //!   between relay nodes ([`crate::frames`]).
 //! * `rpc_latency_closed`: round trips of an echo call with one call
 //!   outstanding; on `raw_xdp` a ping-pong of a bare frame echoed by an
-//!   AF_XDP program with no relay logic.
+//!   AF_XDP program with no relay logic, and on `raw_udp` the same over
+//!   plain kernel UDP sockets: the floors of `xdp` and `udp`.
 //! * `rpc_latency_open_<rate>`: echo calls issued at a fixed rate; each
 //!   latency is measured from the time the call was *scheduled*, so a
 //!   stalled sender cannot hide the calls it failed to send (coordinated
@@ -20,7 +21,7 @@
 //!   16 B to 16 KiB; calls and argument bytes per second.
 
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use xrelay_datapath::marshal::{CallError, Dispatch};
 use xrelay_datapath::node::{ExportId, Node, NodeEvent, PeerId, SessionId};
 use xrelay_datapath::poll::TimedDispatch;
 use xrelay_datapath::time::{Instant, MonotonicClock};
+use xrelay_datapath::wire::encap::Endpoint;
 use xrelay_datapath::wire::session::Service;
 
 use crate::pair::{self, Backend, Side, Stages};
@@ -468,106 +470,237 @@ pub fn rom(name: &str, backend: Backend, size: usize, seconds: f64) -> Result<Me
     Ok(m)
 }
 
-/// `rpc_latency_closed` on `raw_xdp`: a bare frame sent over AF_XDP and
-/// echoed in place by an AF_XDP reflector (`XdpTransport::reflect`), one
-/// at a time: the round trip with no relay logic on either side.
-pub fn raw_ping_pong(seconds: f64) -> Result<Measurement, String> {
-    use xrelay_datapath::netns::VethPair;
-    use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
+/// The bare frame a ping-pong sends: a SIGNAL frame whose count is the
+/// sequence number, so a late echo of an earlier ping never passes for
+/// the current one.
+fn ping_frame(sequence: u64, bytes: &mut Vec<u8>) {
     use xrelay_datapath::wire::signal::Signal;
     use xrelay_datapath::wire::{Flags, Frame, Message};
+    let frame = Frame {
+        flags: Flags::NONE,
+        channel: 1,
+        sequence,
+        message: Message::Signal(Signal {
+            context: 0,
+            count: sequence,
+        }),
+    };
+    bytes.resize(frame.buffer_len(), 0);
+    frame.emit(bytes);
+}
+
+/// One end of a bare ping-pong: sends a frame, and polls for frames
+/// (handing each to the closure) without blocking.
+trait Pinger {
+    fn send(&mut self, frame: &[u8], now: Instant) -> Result<(), String>;
+    fn poll(&mut self, now: Instant, seen: &mut dyn FnMut(&[u8])) -> Result<(), String>;
+}
+
+/// Pings one frame at a time for `window` after a 300 ms warm-up, each
+/// sent when the previous one came back (or was given up after 200 ms,
+/// counted by its absence); the histogram of round trips.
+fn ping_pong(
+    pinger: &mut dyn Pinger,
+    clock: MonotonicClock,
+    window: Duration,
+    stop: &AtomicBool,
+) -> Result<Histogram<u64>, String> {
+    let mut histogram = histogram();
+    let measure_from = clock.now() + Duration::from_millis(300);
+    let end = measure_from + window;
+    let mut bytes = Vec::new();
+    let mut sequence = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        ping_frame(sequence, &mut bytes);
+        let sent_at = clock.now();
+        if sent_at > end {
+            break;
+        }
+        pinger.send(&bytes, sent_at)?;
+        let mut back = false;
+        let give_up = sent_at + Duration::from_millis(200);
+        while !back {
+            let now = clock.now();
+            if now > give_up {
+                break;
+            }
+            pinger.poll(now, &mut |frame| back |= frame == bytes.as_slice())?;
+        }
+        if back && sent_at >= measure_from {
+            record(&mut histogram, clock.now().saturating_since(sent_at));
+        }
+        sequence += 1;
+    }
+    Ok(histogram)
+}
+
+/// Runs a bare ping-pong between the ends of a fresh veth pair: `reflect`
+/// (core 1, in the second end's namespace) echoes until told to stop,
+/// `pinger` (core 0, in the first's) measures.
+fn bare_round_trips(
+    backend: Backend,
+    seconds: f64,
+    reflect: impl FnOnce(&pair::Place, &AtomicBool) -> Result<(), String> + Send + 'static,
+    pinger: impl FnOnce(&pair::Place, Endpoint) -> Result<Box<dyn Pinger>, String> + Send + 'static,
+) -> Result<Measurement, String> {
+    use xrelay_datapath::netns::VethPair;
 
     let pair = VethPair::new(1).map_err(|e| format!("{e} (needs root)"))?;
     let (a, b) = (pair::Place::of(&pair.a), pair::Place::of(&pair.b));
     let to = pair::relay(b.endpoint);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let clock = MonotonicClock::new();
     let reflector = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || -> Result<(), String> {
             pair::pin(1);
             xrelay_datapath::netns::enter(&b.ns).map_err(|e| e.to_string())?;
+            reflect(&b, &stop)
+        })
+    };
+    let window = Duration::from_secs_f64(seconds);
+    let measured = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+            pair::pin(0);
+            xrelay_datapath::netns::enter(&a.ns).map_err(|e| e.to_string())?;
+            let mut pinger = pinger(&a, to)?;
+            ping_pong(pinger.as_mut(), clock, window, &stop)
+        })
+    };
+    let histogram = measured.join().map_err(|_| "the pinger panicked")?;
+    stop.store(true, Ordering::Relaxed);
+    reflector.join().map_err(|_| "the reflector panicked")??;
+    drop(pair);
+    let histogram = histogram?;
+    let mut m = Measurement::new("rpc_latency_closed", backend);
+    m.ops_per_s = Some(histogram.len() as f64 / window.as_secs_f64());
+    m.latency = Some(histogram);
+    Ok(m)
+}
+
+/// `rpc_latency_closed` on `raw_xdp`: a bare frame sent over AF_XDP and
+/// echoed in place by an AF_XDP reflector (`XdpTransport::reflect`), one
+/// at a time: the round trip with no relay logic on either side.
+pub fn raw_ping_pong(seconds: f64) -> Result<Measurement, String> {
+    use xrelay_datapath::transport::xdp::{XdpConfig, XdpTransport};
+    use xrelay_datapath::transport::Transport;
+
+    struct XdpPinger {
+        link: Box<dyn Transport>,
+        to: Endpoint,
+    }
+    impl Pinger for XdpPinger {
+        fn send(&mut self, frame: &[u8], now: Instant) -> Result<(), String> {
+            let to = self.to;
+            // No free frame yet (completions pending): flush and retry.
+            let mut tries = 0;
+            while !self
+                .link
+                .send(&mut |buf| {
+                    buf[..frame.len()].copy_from_slice(frame);
+                    Some((to, frame.len()))
+                })
+                .map_err(|e| e.to_string())?
+            {
+                self.link.flush(now).map_err(|e| e.to_string())?;
+                tries += 1;
+                if tries > 1000 {
+                    return Err("no free UMEM frame to send from".into());
+                }
+            }
+            self.link.flush(now).map_err(|e| e.to_string())
+        }
+        fn poll(&mut self, now: Instant, seen: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+            self.link
+                .recv(now, 8, &mut |_, frame| seen(frame))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    let clock = MonotonicClock::new();
+    bare_round_trips(
+        Backend::RawXdp,
+        seconds,
+        move |b, stop| {
             let mut link = XdpTransport::new(XdpConfig::new(&b.interface, b.endpoint.ip))
                 .map_err(|e| e.to_string())?;
             while !stop.load(Ordering::Relaxed) {
                 link.reflect(clock.now(), 64).map_err(|e| e.to_string())?;
             }
             Ok(())
-        })
-    };
-    let window = Duration::from_secs_f64(seconds);
-    let pinger = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || -> Result<Histogram<u64>, String> {
-            pair::pin(0);
-            let mut link = pair::transport(Backend::RawXdp, &a).map_err(|e| e.to_string())?;
-            let mut histogram = histogram();
-            let start = clock.now();
-            let measure_from = start + Duration::from_millis(300);
-            let end = measure_from + window;
-            let mut bytes = Vec::new();
-            let mut sequence = 1u64;
-            while !stop.load(Ordering::Relaxed) {
-                let frame = Frame {
-                    flags: Flags::NONE,
-                    channel: 1,
-                    sequence,
-                    message: Message::Signal(Signal {
-                        context: 0,
-                        count: sequence,
-                    }),
-                };
-                bytes.resize(frame.buffer_len(), 0);
-                frame.emit(&mut bytes);
-                let sent_at = clock.now();
-                if sent_at > end {
-                    break;
-                }
-                // No free frame yet (completions pending): flush and retry.
-                let mut tries = 0;
-                while !link
-                    .send(&mut |buf| {
-                        buf[..bytes.len()].copy_from_slice(&bytes);
-                        Some((to, bytes.len()))
-                    })
-                    .map_err(|e| e.to_string())?
-                {
-                    link.flush(clock.now()).map_err(|e| e.to_string())?;
-                    tries += 1;
-                    if tries > 1000 {
-                        return Err("no free UMEM frame to send from".into());
-                    }
-                }
-                link.flush(sent_at).map_err(|e| e.to_string())?;
-                let mut back = false;
-                let give_up = sent_at + Duration::from_millis(200);
-                while !back {
-                    let now = clock.now();
-                    if now > give_up {
-                        break; // lost (counted by its absence)
-                    }
-                    link.recv(now, 8, &mut |_, relay| {
-                        back |= relay == bytes.as_slice();
-                    })
-                    .map_err(|e| e.to_string())?;
-                }
-                if back && sent_at >= measure_from {
-                    record(&mut histogram, clock.now().saturating_since(sent_at));
-                }
-                sequence += 1;
+        },
+        |a, to| {
+            let link = pair::transport(Backend::RawXdp, a).map_err(|e| e.to_string())?;
+            Ok(Box::new(XdpPinger { link, to }))
+        },
+    )
+}
+
+/// `rpc_latency_closed` on `raw_udp`: the same bare frame over plain
+/// non-blocking kernel UDP sockets, busy-polled with `recv_from` and
+/// echoed with `send_to` (as sockperf's ping-pong): the kernel UDP round
+/// trip with no relay logic, the floor of the `udp` backend.
+pub fn raw_udp_ping_pong(seconds: f64) -> Result<Measurement, String> {
+    use std::io::ErrorKind;
+    use std::net::{SocketAddrV4, UdpSocket};
+
+    fn bind(place: &pair::Place) -> Result<UdpSocket, String> {
+        let at = SocketAddrV4::new(place.endpoint.ip, pair::relay(place.endpoint).port);
+        let socket = UdpSocket::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(socket)
+    }
+    struct UdpPinger {
+        socket: UdpSocket,
+        to: SocketAddrV4,
+        buf: Vec<u8>,
+    }
+    impl Pinger for UdpPinger {
+        fn send(&mut self, frame: &[u8], _: Instant) -> Result<(), String> {
+            self.socket
+                .send_to(frame, self.to)
+                .map(|_| ())
+                .map_err(|e| format!("send_to: {e}"))
+        }
+        fn poll(&mut self, _: Instant, seen: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((n, _)) => seen(&self.buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("recv_from: {e}")),
             }
-            Ok(histogram)
-        })
-    };
-    let histogram = pinger.join().map_err(|_| "the pinger panicked")?;
-    stop.store(true, Ordering::Relaxed);
-    reflector.join().map_err(|_| "the reflector panicked")??;
-    drop(pair);
-    let histogram = histogram?;
-    let mut m = Measurement::new("rpc_latency_closed", Backend::RawXdp);
-    m.ops_per_s = Some(histogram.len() as f64 / window.as_secs_f64());
-    m.latency = Some(histogram);
-    Ok(m)
+            Ok(())
+        }
+    }
+
+    bare_round_trips(
+        Backend::RawUdp,
+        seconds,
+        |b, stop| {
+            let socket = bind(b)?;
+            let mut buf = vec![0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        socket
+                            .send_to(&buf[..n], from)
+                            .map_err(|e| format!("send_to: {e}"))?;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(format!("recv_from: {e}")),
+                }
+            }
+            Ok(())
+        },
+        |a, to| {
+            Ok(Box::new(UdpPinger {
+                socket: bind(a)?,
+                to: SocketAddrV4::new(to.ip, to.port),
+                buf: vec![0u8; 2048],
+            }))
+        },
+    )
 }
 
 /// `rpc_latency_closed` with every datapath iteration timed per stage on

@@ -101,6 +101,11 @@ fn jobs(quick: bool, seconds: f64) -> Vec<Job> {
         Backend::RawXdp,
         Box::new(move || scenarios::raw_ping_pong(seconds)),
     );
+    add(
+        "rpc_latency_closed".into(),
+        Backend::RawUdp,
+        Box::new(move || scenarios::raw_udp_ping_pong(seconds)),
+    );
     for backend in RELAY {
         add(
             "rpc_latency_closed".into(),
@@ -457,6 +462,15 @@ fn ratios(results: &[Measurement]) -> Value {
                 r.insert("xdp_raw_p50".into(), json!(a / b));
             }
         }
+        // The bare floors: what the links give with no relay logic.
+        if let (Some(u), Some(w), Some(v)) = (udp, raw, find(results, name, Backend::RawUdp)) {
+            if let (Some(a), Some(b)) = (p50(u), p50(v)) {
+                r.insert("udp_raw_udp_p50".into(), json!(a / b));
+            }
+            if let (Some(a), Some(b)) = (p50(w), p50(v)) {
+                r.insert("raw_xdp_raw_udp_p50".into(), json!(a / b));
+            }
+        }
         if !r.is_empty() {
             out.insert(name.to_owned(), Value::Object(r));
         }
@@ -542,7 +556,10 @@ fn table(results: &[Measurement], seconds: f64, quick: bool, runs: usize) -> Str
         let _ = writeln!(out);
     }
     let ratios = ratios(results);
-    let _ = writeln!(out, "\nratios (xdp over udp, xdp over raw_xdp):");
+    let _ = writeln!(
+        out,
+        "\nratios (xdp over udp, xdp over raw_xdp; udp over raw_udp, raw_xdp over raw_udp):"
+    );
     for (name, r) in ratios.as_object().into_iter().flatten() {
         let fields: Vec<String> = r
             .as_object()
@@ -596,6 +613,20 @@ fn table(results: &[Measurement], seconds: f64, quick: bool, runs: usize) -> Str
         |v| v >= 0.8,
         ">= 0.8",
     );
+    // Not a target: what the links allow the xdp / udp round trip with no relay
+    // logic at all.
+    let _ = match get("rpc_latency_closed", "raw_xdp_raw_udp_p50") {
+        Some(v) => writeln!(
+            out,
+            "  {:<44} {v:>6.2}  (floor of xdp / udp: no relay logic on either side)",
+            "RPC round trip p50 raw_xdp / raw_udp"
+        ),
+        None => writeln!(
+            out,
+            "  {:<44}    n/a  (not measured in this run)",
+            "RPC round trip p50 raw_xdp / raw_udp"
+        ),
+    };
     out
 }
 

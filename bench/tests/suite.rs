@@ -33,6 +33,8 @@ fn a_short_run_writes_table_json_percentiles_and_plots() {
         "signal throughput xdp / udp",
         "RPC round trip p50 xdp / raw_xdp ping-pong",
         "rpc_latency_closed       raw_xdp",
+        "rpc_latency_closed       raw_udp",
+        "RPC round trip p50 raw_xdp / raw_udp",
     ] {
         assert!(stdout.contains(line), "{line:?} missing in:\n{stdout}");
     }
@@ -53,7 +55,7 @@ fn a_short_run_writes_table_json_percentiles_and_plots() {
         assert!(find("rom_update_1KiB", backend)["bytes_per_s"].as_f64() > Some(0.0));
     }
     assert!(find("raw_frames", "raw_xdp")["frames_per_s"].as_f64() > Some(0.0));
-    for backend in ["raw_xdp", "xdp", "udp"] {
+    for backend in ["raw_xdp", "raw_udp", "xdp", "udp"] {
         let s = find("rpc_latency_closed", backend);
         let p50 = s["p50_ns"].as_u64().unwrap();
         let p99 = s["p99_ns"].as_u64().unwrap();
@@ -62,6 +64,15 @@ fn a_short_run_writes_table_json_percentiles_and_plots() {
         assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{s}");
     }
     assert!(report["ratios"]["signal_throughput"]["xdp_udp_throughput"].as_f64() > Some(0.0));
+    let closed = &report["ratios"]["rpc_latency_closed"];
+    for ratio in [
+        "xdp_udp_p50",
+        "xdp_raw_p50",
+        "udp_raw_udp_p50",
+        "raw_xdp_raw_udp_p50",
+    ] {
+        assert!(closed[ratio].as_f64() > Some(0.0), "{ratio} in {closed}");
+    }
 
     // Percentile files in HdrHistogram's text format, and the plots.
     let hgrm = std::fs::read_to_string(plots.join("rpc_latency_closed.xdp.hgrm")).unwrap();
