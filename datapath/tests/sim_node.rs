@@ -1140,3 +1140,86 @@ fn authenticated_peers_talk_and_wrong_keys_and_replays_are_counted_drops() {
     b.handle_datagram(now, host_endpoint(1), &buf[..len]);
     assert_eq!(b.stats().unauthenticated, 1);
 }
+
+/// The kind of the relay frame in `bytes`.
+fn kind_of(bytes: &[u8]) -> xrelay_datapath::wire::Kind {
+    let (frame, _) = xrelay_datapath::wire::Frame::parse(bytes).unwrap();
+    frame.message.kind()
+}
+
+#[test]
+fn an_idle_node_wakes_at_once_for_new_work_and_in_time_for_its_timers() {
+    // Two nodes handing frames across by hand, in virtual time: an idle
+    // node answers passes without looking at its sessions (see
+    // `Node::poll_transmit`), which must never hold back what is due.
+    use xrelay_datapath::wire::Kind;
+    let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
+    let mut a = Node::new(config(1)).unwrap();
+    let mut b = Node::new(config(2)).unwrap();
+    let mut now = Instant::from_nanos(1_000_000);
+    let peer = a.add_peer(now, "b", b_at).unwrap();
+    b.add_peer(now, "a", a_at).unwrap();
+    let executions = Arc::default();
+    b.export_rpc("echo", Box::new(Echo { executions })).unwrap();
+    let session = a.open(now, peer, Service::Rpc, "echo").unwrap();
+    let mut buf = vec![0u8; 1472];
+    let carry = |from: &mut Node, at, to: &mut Node, now, buf: &mut [u8]| {
+        let mut kinds = Vec::new();
+        while let Some((_, len)) = from.poll_transmit(now, buf) {
+            kinds.push(kind_of(&buf[..len]));
+            to.handle_datagram(now, at, &buf[..len]);
+        }
+        kinds
+    };
+    while !a.is_open(session) {
+        now += Duration::from_micros(10);
+        carry(&mut a, a_at, &mut b, now, &mut buf);
+        carry(&mut b, b_at, &mut a, now, &mut buf);
+    }
+    // Idle passes at one instant: nothing to send.
+    for _ in 0..5 {
+        assert_eq!(a.poll_transmit(now, &mut buf), None);
+        assert_eq!(b.poll_transmit(now, &mut buf), None);
+    }
+    // A call goes out on the very next pass, and the idle server answers
+    // it on its very next pass.
+    let id = a.call(now, session, ECHO, 0, b"ping".to_vec()).unwrap();
+    assert_eq!(carry(&mut a, a_at, &mut b, now, &mut buf), [Kind::RpcCall]);
+    assert!(carry(&mut b, b_at, &mut a, now, &mut buf).contains(&Kind::RpcReply));
+    assert!(std::iter::from_fn(|| a.poll_event())
+        .any(|e| matches!(e, NodeEvent::CallDone { outcome, .. } if outcome.request_id == id)));
+    // A call whose frame is lost is retransmitted when its timer says,
+    // however many idle passes came before; every timer the node
+    // announces is served when it falls due.
+    a.call(now, session, ECHO, 0, b"lost".to_vec()).unwrap();
+    while a.poll_transmit(now, &mut buf).is_some() {}
+    let start = now;
+    let mut retransmitted = None;
+    while retransmitted.is_none() && now < start + Duration::from_secs(1) {
+        let due = a.poll_timeout();
+        assert!(
+            due > now,
+            "a timer due at {due:?} was not served at {now:?}"
+        );
+        // Idle passes up to just before the timer.
+        while now + Duration::from_micros(7) < due {
+            now += Duration::from_micros(7);
+            assert_eq!(
+                a.poll_transmit(now, &mut buf),
+                None,
+                "nothing is due at {now:?}"
+            );
+        }
+        now = due;
+        while let Some((_, len)) = a.poll_transmit(now, &mut buf) {
+            if kind_of(&buf[..len]) == Kind::RpcCall {
+                retransmitted = Some(now);
+            }
+        }
+    }
+    let at = retransmitted.expect("the lost call was never retransmitted");
+    assert!(
+        at.saturating_since(start) <= Duration::from_millis(6),
+        "{at:?}"
+    );
+}

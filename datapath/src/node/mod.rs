@@ -73,6 +73,13 @@ const CLOSE_TRIES: u32 = 8;
 /// forgotten: the client gave up the open before a reply reached it.
 const UNCONFIRMED_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long [`Node::poll_transmit`] may skip its pass over peers and
+/// sessions when nothing is due: housekeeping without a timer of its own
+/// in [`Node::poll_timeout`] (partial calls of a served session, the
+/// sweep of unconfirmed sessions, forgetting executed ids) is late by
+/// this much at most.
+const QUIET_AT_MOST: Duration = Duration::from_millis(1);
+
 /// A SESSION_CLOSE of ours waiting for confirmation.
 #[derive(Debug, Clone, Copy, Default)]
 struct Closing {
@@ -472,6 +479,15 @@ pub struct Node {
     rng: fastrand::Rng,
     /// Which peer may open which export; `None` allows everything.
     policy: Option<BTreeSet<(PeerId, ExportId)>>,
+    /// Until when [`Node::poll_transmit`] surely has nothing to send: it
+    /// answers `None` without looking at peers and sessions (a polling
+    /// loop's idle iterations stay short, so a frame that arrives is seen
+    /// sooner). Set from [`Node::poll_timeout`] after two passes in a row
+    /// found nothing; cleared by everything that can give the node
+    /// output ([`Node::stir`]).
+    quiet_until: Instant,
+    /// Whether the last pass found nothing and nothing came in since.
+    idle_pass: bool,
 }
 
 impl core::fmt::Debug for Node {
@@ -519,6 +535,8 @@ impl Node {
             peer_turn: 0,
             reply: Vec::new(),
             policy: None,
+            quiet_until: Instant::ZERO,
+            idle_pass: false,
         })
     }
 
@@ -539,6 +557,7 @@ impl Node {
         name: &str,
         endpoint: Endpoint,
     ) -> Result<PeerId, NodeError> {
+        self.stir();
         if self
             .peers
             .iter()
@@ -586,6 +605,7 @@ impl Node {
     /// once with SESSION_CLOSE "revoked" (the client's pending calls fail
     /// with a clear error); sessions it still allows go on undisturbed.
     pub fn set_policy(&mut self, policy: Option<BTreeSet<(PeerId, ExportId)>>) {
+        self.stir();
         self.policy = policy;
         let Some(policy) = &self.policy else {
             return;
@@ -623,6 +643,7 @@ impl Node {
         peer: PeerId,
         keys: Option<FrameKeys>,
     ) -> Result<(), NodeError> {
+        self.stir();
         let peer = self
             .peers
             .get_mut(peer.0)
@@ -703,18 +724,21 @@ impl Node {
         label: &str,
         dispatcher: Box<dyn Dispatch + Send>,
     ) -> Result<ExportId, NodeError> {
+        self.stir();
         self.export(label, Export::Rpc(dispatcher))
     }
 
     /// Receives signals on sessions labelled `label`
     /// ([`NodeEvent::Signal`]).
     pub fn export_signal(&mut self, label: &str) -> Result<ExportId, NodeError> {
+        self.stir();
         self.export(label, Export::Signal)
     }
 
     /// Publishes a ROM module labelled `label`, empty at version 1 until
     /// the first [`Node::publish`].
     pub fn export_rom(&mut self, label: &str) -> Result<ExportId, NodeError> {
+        self.stir();
         let initial = Arc::new(RomVersion::valid(1, Vec::new()));
         self.export(label, Export::Rom(initial))
     }
@@ -728,6 +752,7 @@ impl Node {
         module: ExportId,
         content: Option<Vec<u8>>,
     ) -> Result<u64, NodeError> {
+        self.stir();
         let content = content.map(|data| {
             let hash = *blake3::hash(&data).as_bytes();
             (data, hash)
@@ -745,6 +770,7 @@ impl Node {
         module: ExportId,
         content: Option<(Vec<u8>, [u8; HASH_LEN])>,
     ) -> Result<u64, NodeError> {
+        self.stir();
         if let Some((data, _)) = &content {
             if data.len() as u64 > MAX_ROM_SIZE {
                 return Err(NodeError::TooLarge(data.len()));
@@ -794,6 +820,7 @@ impl Node {
         service: Service,
         label: &str,
     ) -> Result<SessionId, NodeError> {
+        self.stir();
         if label.len() > MAX_LABEL_LEN {
             return Err(NodeError::LabelTooLong(label.len()));
         }
@@ -865,6 +892,7 @@ impl Node {
     /// Closes a client session: pending calls fail with
     /// [`CallError::Closed`], the server is told.
     pub fn close(&mut self, session: SessionId) {
+        self.stir();
         let Some(p) = self.clients.remove(&session) else {
             return;
         };
@@ -900,6 +928,7 @@ impl Node {
         opcode: u16,
         args: Vec<u8>,
     ) -> Result<u64, CallError> {
+        self.stir();
         let Some(client) = self.client_mut(session) else {
             return Err(CallError::Closed("no such session".into()));
         };
@@ -928,6 +957,7 @@ impl Node {
         context: u32,
         count: u64,
     ) -> Result<(), NodeError> {
+        self.stir();
         let retransmit = self.config.signal_retransmit;
         let limit = self.config.max_contexts_per_session;
         let Some(client) = self.client_mut(session) else {
@@ -993,6 +1023,7 @@ impl Node {
     /// no peer of this node is left to the caller: returns `false` and
     /// counts nothing (another queue's node may own that peer).
     pub fn handle_known(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) -> bool {
+        self.stir();
         let Some(p) = self
             .peers
             .iter()
@@ -1520,6 +1551,9 @@ impl Node {
     /// [`NodeConfig::max_frame_len`] bytes); returns its destination and
     /// length, or `None` when nothing is due. Peers and sessions take turns.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Endpoint, usize)> {
+        if now < self.quiet_until {
+            return None;
+        }
         let count = self.peers.len();
         for step in 0..count {
             let p = (self.peer_turn + step) % count;
@@ -1527,10 +1561,25 @@ impl Node {
                 self.peer_turn = (p + 1) % count;
                 self.stats.frames_sent += 1;
                 self.peers[p].counters.frames_sent += 1;
+                self.idle_pass = false;
                 return Some((self.peers[p].endpoint, len));
             }
         }
+        // The pass that ends a busy iteration finds nothing as a rule;
+        // only a second one in a row (the next iteration, after the
+        // flush) pays for the timers, off the critical path.
+        if self.idle_pass {
+            self.quiet_until = self.poll_timeout().min(now + QUIET_AT_MOST);
+        }
+        self.idle_pass = true;
         None
+    }
+
+    /// Something may be due now: the next [`Node::poll_transmit`] looks
+    /// at every peer and session again.
+    fn stir(&mut self) {
+        self.quiet_until = Instant::ZERO;
+        self.idle_pass = false;
     }
 
     fn transmit_peer(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
