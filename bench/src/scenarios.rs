@@ -659,10 +659,11 @@ pub fn raw_udp_ping_pong(seconds: f64) -> Result<Measurement, String> {
     }
     impl Pinger for UdpPinger {
         fn send(&mut self, frame: &[u8], _: Instant) -> Result<(), String> {
-            self.socket
-                .send_to(frame, self.to)
-                .map(|_| ())
-                .map_err(|e| format!("send_to: {e}"))
+            match self.socket.send_to(frame, self.to) {
+                // Counted lost (never echoed), as a dropped frame would be.
+                Err(e) if e.kind() != ErrorKind::WouldBlock => Err(format!("send_to: {e}")),
+                _ => Ok(()),
+            }
         }
         fn poll(&mut self, _: Instant, seen: &mut dyn FnMut(&[u8])) -> Result<(), String> {
             match self.socket.recv_from(&mut self.buf) {
@@ -682,11 +683,13 @@ pub fn raw_udp_ping_pong(seconds: f64) -> Result<Measurement, String> {
             let mut buf = vec![0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 match socket.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        socket
-                            .send_to(&buf[..n], from)
-                            .map_err(|e| format!("send_to: {e}"))?;
-                    }
+                    Ok((n, from)) => match socket.send_to(&buf[..n], from) {
+                        // A full send buffer drops the echo: the pinger
+                        // counts it lost.
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(format!("send_to: {e}")),
+                    },
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => return Err(format!("recv_from: {e}")),
                 }
