@@ -234,6 +234,12 @@ pub fn measure_sized(
 /// all three ran, the ratios.
 pub fn run(seconds: f64, runs: usize, only: &[Backend], authenticate: bool) -> Result<(), String> {
     let all = [Backend::RawXdp, Backend::Xdp, Backend::Udp];
+    if let Some(other) = only.iter().find(|b| !all.contains(b)) {
+        return Err(format!(
+            "no one-way frame rate on {} (backends here: raw_xdp, xdp, udp)",
+            other.name()
+        ));
+    }
     let backends: Vec<Backend> = if only.is_empty() {
         all.to_vec()
     } else {

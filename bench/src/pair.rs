@@ -76,7 +76,8 @@ pub fn relay(endpoint: Endpoint) -> Endpoint {
 }
 
 /// The calling thread enters `place`'s namespace and opens the backend's
-/// transport there (AF_XDP for `raw_xdp` and `xdp`).
+/// transport there (AF_XDP for `raw_xdp` and `xdp`). `raw_udp` has no
+/// relay transport: its ping-pong uses plain sockets.
 pub fn transport(backend: Backend, place: &Place) -> Result<Box<dyn Transport>, TransportError> {
     netns::enter(&place.ns).map_err(|e| TransportError::Config(e.to_string()))?;
     Ok(match backend {
@@ -84,10 +85,15 @@ pub fn transport(backend: Backend, place: &Place) -> Result<Box<dyn Transport>, 
             &place.interface,
             place.endpoint.ip,
         ))?),
-        Backend::Udp | Backend::RawUdp => Box::new(UdpTransport::bind(
+        Backend::Udp => Box::new(UdpTransport::bind(
             SocketAddrV4::new(place.endpoint.ip, DEFAULT_UDP_PORT),
             UdpConfig::default(),
         )?),
+        Backend::RawUdp => {
+            return Err(TransportError::Config(
+                "raw_udp is plain sockets, not a relay transport (rpc_latency_closed only)".into(),
+            ))
+        }
     })
 }
 

@@ -221,7 +221,11 @@ fn bars<DB: DrawingBackend>(
             names.push(&m.name);
         }
     }
-    let backends = [Backend::RawXdp, Backend::Xdp, Backend::Udp, Backend::RawUdp];
+    // The backends with a bar here, in a fixed order.
+    let backends: Vec<Backend> = [Backend::RawXdp, Backend::Xdp, Backend::Udp, Backend::RawUdp]
+        .into_iter()
+        .filter(|b| rows.iter().any(|(m, _)| m.backend == *b))
+        .collect();
     let top = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.15;
     let count = names.len();
     let mut chart = ChartBuilder::on(area)
@@ -251,7 +255,7 @@ fn bars<DB: DrawingBackend>(
         .y_label_formatter(&|y| short(*y))
         .draw()
         .map_err(fail)?;
-    let width = 0.8 / backends.len() as f64;
+    let width = 0.8 / backends.len().max(1) as f64;
     for (b, backend) in backends.iter().enumerate() {
         let bars: Vec<Rectangle<(f64, f64)>> = rows
             .iter()

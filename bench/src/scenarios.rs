@@ -568,8 +568,10 @@ fn bare_round_trips(
             ping_pong(pinger.as_mut(), clock, window, &stop)
         })
     };
-    let histogram = measured.join().map_err(|_| "the pinger panicked")?;
+    let histogram = measured.join();
+    // Whatever became of the pinger, the reflector must stop.
     stop.store(true, Ordering::Relaxed);
+    let histogram = histogram.map_err(|_| "the pinger panicked")?;
     reflector.join().map_err(|_| "the reflector panicked")??;
     drop(pair);
     let histogram = histogram?;
@@ -640,7 +642,7 @@ pub fn raw_ping_pong(seconds: f64) -> Result<Measurement, String> {
 
 /// `rpc_latency_closed` on `raw_udp`: the same bare frame over plain
 /// non-blocking kernel UDP sockets, busy-polled with `recv_from` and
-/// echoed with `send_to` (as sockperf's ping-pong): the kernel UDP round
+/// echoed with `send_to`: the kernel UDP round
 /// trip with no relay logic, the floor of the `udp` backend.
 pub fn raw_udp_ping_pong(seconds: f64) -> Result<Measurement, String> {
     use std::io::ErrorKind;

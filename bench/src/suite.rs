@@ -463,10 +463,13 @@ fn ratios(results: &[Measurement]) -> Value {
             }
         }
         // The bare floors: what the links give with no relay logic.
-        if let (Some(u), Some(w), Some(v)) = (udp, raw, find(results, name, Backend::RawUdp)) {
+        let raw_udp = find(results, name, Backend::RawUdp);
+        if let (Some(u), Some(v)) = (udp, raw_udp) {
             if let (Some(a), Some(b)) = (p50(u), p50(v)) {
                 r.insert("udp_raw_udp_p50".into(), json!(a / b));
             }
+        }
+        if let (Some(w), Some(v)) = (raw, raw_udp) {
             if let (Some(a), Some(b)) = (p50(w), p50(v)) {
                 r.insert("raw_xdp_raw_udp_p50".into(), json!(a / b));
             }

@@ -486,6 +486,8 @@ pub struct Node {
     /// found nothing; cleared by everything that can give the node
     /// output ([`Node::stir`]).
     quiet_until: Instant,
+    /// The `now` at which `quiet_until` was set.
+    quiet_since: Instant,
     /// Whether the last pass found nothing and nothing came in since.
     idle_pass: bool,
 }
@@ -536,6 +538,7 @@ impl Node {
             reply: Vec::new(),
             policy: None,
             quiet_until: Instant::ZERO,
+            quiet_since: Instant::ZERO,
             idle_pass: false,
         })
     }
@@ -1023,7 +1026,6 @@ impl Node {
     /// no peer of this node is left to the caller: returns `false` and
     /// counts nothing (another queue's node may own that peer).
     pub fn handle_known(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) -> bool {
-        self.stir();
         let Some(p) = self
             .peers
             .iter()
@@ -1031,6 +1033,8 @@ impl Node {
         else {
             return false;
         };
+        // Only frames of our own peers can give this node output.
+        self.stir();
         self.stats.frames_received += 1;
         self.handle_from(now, p, bytes);
         true
@@ -1550,8 +1554,13 @@ impl Node {
     /// Writes the next frame due into `buf` (at most
     /// [`NodeConfig::max_frame_len`] bytes); returns its destination and
     /// length, or `None` when nothing is due. Peers and sessions take turns.
+    ///
+    /// An idle node answers from what [`Node::poll_timeout`] said (see
+    /// `quiet_until`); a `now` earlier than the one that set it makes the
+    /// node look again, so a clock that steps back costs a pass, never a
+    /// frame.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Endpoint, usize)> {
-        if now < self.quiet_until {
+        if now < self.quiet_until && now >= self.quiet_since {
             return None;
         }
         let count = self.peers.len();
@@ -1569,6 +1578,7 @@ impl Node {
         // only a second one in a row (the next iteration, after the
         // flush) pays for the timers, off the critical path.
         if self.idle_pass {
+            self.quiet_since = now;
             self.quiet_until = self.poll_timeout().min(now + QUIET_AT_MOST);
         }
         self.idle_pass = true;
@@ -1739,6 +1749,11 @@ impl Node {
 
     /// When [`Node::poll_transmit`] next has something to send without
     /// new input (a heartbeat, a retransmission, a deadline).
+    ///
+    /// A contract, not a hint: an idle node does not look at its sessions
+    /// before this time (housekeeping that sends nothing and raises no
+    /// event excepted, which runs within 1 ms), so every timer that can
+    /// produce a frame or an event must be counted here, never late.
     pub fn poll_timeout(&self) -> Instant {
         let mut next = Instant::from_nanos(u64::MAX);
         let probe_after = self.config.rom.announce_interval * 4;
