@@ -616,20 +616,16 @@ fn table(results: &[Measurement], seconds: f64, quick: bool, runs: usize) -> Str
         |v| v >= 0.8,
         ">= 0.8",
     );
-    // Not a target: what the links allow the xdp / udp round trip with no relay
-    // logic at all.
-    let _ = match get("rpc_latency_closed", "raw_xdp_raw_udp_p50") {
-        Some(v) => writeln!(
-            out,
-            "  {:<44} {v:>6.2}  (floor of xdp / udp: no relay logic on either side)",
-            "RPC round trip p50 raw_xdp / raw_udp"
-        ),
-        None => writeln!(
-            out,
-            "  {:<44}    n/a  (not measured in this run)",
-            "RPC round trip p50 raw_xdp / raw_udp"
-        ),
-    };
+    // Not a target: the links alone, no relay logic on either side.
+    let links = get("rpc_latency_closed", "raw_xdp_raw_udp_p50").map_or_else(
+        || "   n/a  (not measured in this run)".to_owned(),
+        |v| format!("{v:>6.2}  (the links alone: no relay logic on either side)"),
+    );
+    let _ = writeln!(
+        out,
+        "  {:<44} {links}",
+        "RPC round trip p50 raw_xdp / raw_udp"
+    );
     out
 }
 

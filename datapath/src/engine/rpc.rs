@@ -1038,6 +1038,18 @@ mod tests {
         assert_eq!(outcome.result, Ok((0, vec![9])));
     }
 
+    /// `count` calls, each answered at once with nothing lost.
+    fn instant_round_trips(
+        client: &mut RpcClient,
+        server: &mut RpcServer,
+        now: &mut Instant,
+        count: usize,
+    ) {
+        for _ in 0..count {
+            round_trip(client, server, now, Duration::ZERO, Duration::ZERO);
+        }
+    }
+
     #[test]
     fn a_complete_reply_ends_the_call_at_once_and_the_final_ack_frees_the_server() {
         let config = RpcConfig::default();
@@ -1189,15 +1201,7 @@ mod tests {
         let config = RpcConfig::default();
         let (mut client, mut server) = (RpcClient::new(config), RpcServer::new(config));
         let mut now = Instant::ZERO;
-        for _ in 0..5000 {
-            round_trip(
-                &mut client,
-                &mut server,
-                &mut now,
-                Duration::ZERO,
-                Duration::ZERO,
-            );
-        }
+        instant_round_trips(&mut client, &mut server, &mut now, 5000);
         let held = server.executed.words.len();
         assert!(held >= 5000 / 64, "{held} words for 5000 ids");
         // Within a minute (more than twice the call timeout) nothing is
@@ -1308,15 +1312,7 @@ mod tests {
         }
         // Ten small calls complete and are forgotten individually.
         let mut now = now;
-        for _ in 0..10 {
-            round_trip(
-                &mut client,
-                &mut server,
-                &mut now,
-                Duration::ZERO,
-                Duration::ZERO,
-            );
-        }
+        instant_round_trips(&mut client, &mut server, &mut now, 10);
         // The rest of the large call arrives: it still executes, once.
         for bytes in &held[1..] {
             if let Ok(Message::RpcCall(call)) = Message::parse(crate::wire::Kind::RpcCall, bytes) {
