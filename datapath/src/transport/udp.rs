@@ -8,6 +8,15 @@
 //!   [`Transport::send`] and sent oldest first by [`Transport::flush`] with
 //!   `sendmmsg`.
 //!
+//! One datagram at a time costs less with the plain calls: an idle socket
+//! is polled with one `recvfrom` (a `recvmmsg` also sets up a header per
+//! buffer and, after a datagram, tries the next one before it returns),
+//! and a flush of a single frame is one `sendto`. So `recv` batches only
+//! while datagrams keep coming: after a `recvfrom` that found one, the
+//! next call is a `recvmmsg`, and a `recvmmsg` that finds fewer than two
+//! goes back to `recvfrom`. A request and response exchange pays the
+//! single-datagram price; a stream is read in batches.
+//!
 //! A datagram's payload is exactly one relay frame (docs/wire.md, section
 //! 2.1), so these nodes speak to AF_XDP nodes. The kernel owns the outer
 //! headers, so the Ethernet address of every [`Endpoint`] here is all zeros.
@@ -36,6 +45,11 @@ use crate::wire::RelayPacket;
 /// The most datagrams one `recvmmsg` or `sendmmsg` call moves: Linux caps
 /// the vector length at `UIO_MAXIOV`. This bounds [`UdpConfig::batch`].
 pub const MAX_BATCH: usize = 1024;
+
+/// Up to this many datagrams, a `recvmmsg` or `sendmmsg` call sets up its
+/// I/O vectors in a small array (a large one costs its initialisation on
+/// every call, idle polls included).
+const SMALL_BATCH: usize = 64;
 
 /// The largest UDP payload over IPv4 (65535 - 20 - 8 bytes). This bounds
 /// [`UdpConfig::max_frame_len`].
@@ -94,9 +108,14 @@ pub struct UdpTransport {
     local: Endpoint,
     config: UdpConfig,
     stats: UdpStats,
-    /// `batch` receive buffers of `max_frame_len` bytes, back to back.
+    /// `batch` receive buffers of `max_frame_len` bytes, back to back, and
+    /// one byte more: a single `recvfrom` reads into the first buffer and
+    /// that byte, so a datagram longer than `max_frame_len` shows.
     rx_buffers: Vec<u8>,
     rx_headers: MultiHeaders<SockaddrIn>,
+    /// The next `recv` reads with `recvmmsg` (datagrams are coming one
+    /// after another) rather than one `recvfrom`.
+    rx_batching: bool,
     /// `batch` send slots of `max_frame_len` bytes, back to back, used as
     /// a ring: the queued frames are the `tx_queued` slots from `tx_head`.
     tx_buffers: Vec<u8>,
@@ -163,8 +182,9 @@ impl UdpTransport {
             local: endpoint(SockaddrIn::from(local)),
             config,
             stats: UdpStats::default(),
-            rx_buffers: vec![0; frames],
+            rx_buffers: vec![0; frames + 1],
             rx_headers: MultiHeaders::preallocate(config.batch, None),
+            rx_batching: false,
             tx_buffers: vec![0; frames],
             tx_lens: vec![0; config.batch],
             tx_dests: vec![SockaddrIn::new(0, 0, 0, 0, 0); config.batch],
@@ -224,42 +244,17 @@ impl Transport for UdpTransport {
         if want == 0 {
             return Ok(0);
         }
-        // nix ties the I/O vectors' lifetime to the headers' borrow, so they
-        // cannot live in `self`; a fixed array on the stack keeps this call
-        // free of allocation.
-        let mut iovs: [Option<[IoSliceMut<'_>; 1]>; MAX_BATCH] = [const { None }; MAX_BATCH];
-        let buffers = self.rx_buffers.chunks_exact_mut(self.config.max_frame_len);
-        for (iov, buffer) in iovs.iter_mut().zip(buffers).take(want) {
-            *iov = Some([IoSliceMut::new(buffer)]);
+        if want == 1 || !self.rx_batching {
+            let delivered = self.recv_one(deliver)?;
+            self.rx_batching = delivered.1 && want > 1;
+            return Ok(delivered.0);
         }
-        let messages = match recvmmsg(
-            self.socket.as_raw_fd(),
-            &mut self.rx_headers,
-            iovs[..want].iter_mut().flatten(),
-            MsgFlags::empty(),
-            None,
-        ) {
-            Ok(messages) => messages,
-            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
-            Err(other) => return Err(errno("recvmmsg", other)),
+        let (delivered, datagrams) = if want <= SMALL_BATCH {
+            self.recv_batch::<SMALL_BATCH>(want, deliver)?
+        } else {
+            self.recv_batch::<MAX_BATCH>(want, deliver)?
         };
-        let mut delivered: usize = 0;
-        for message in messages {
-            if message.flags.contains(MsgFlags::MSG_TRUNC) {
-                self.stats.dropped_truncated += 1;
-                continue;
-            }
-            // The iterator ends early on an empty payload.
-            let payload = message.iovs().next().unwrap_or_default();
-            match message.address {
-                Some(sender) if RelayPacket::new_datagram(payload).is_ok() => {
-                    deliver(endpoint(sender), payload);
-                    delivered += 1;
-                }
-                _ => self.stats.dropped_malformed += 1,
-            }
-        }
-        self.stats.received += delivered as u64;
+        self.rx_batching = datagrams > 1;
         Ok(delivered)
     }
 
@@ -291,39 +286,27 @@ impl Transport for UdpTransport {
     /// kernel refused (so one bad destination cannot wedge the queue),
     /// keeps the rest queued and is returned.
     fn flush(&mut self, _now: Instant) -> Result<(), TransportError> {
-        let batch = self.config.batch;
-        let max = self.config.max_frame_len;
         while self.tx_queued > 0 {
-            let order = (0..self.tx_queued).map(|k| (self.tx_head + k) % batch);
-            self.tx_addrs.clear();
-            self.tx_addrs
-                .extend(order.clone().map(|slot| Some(self.tx_dests[slot])));
-            // As in `recv`: the I/O vectors live on the stack.
-            let mut iovs: [Option<[IoSlice<'_>; 1]>; MAX_BATCH] = [const { None }; MAX_BATCH];
-            for (iov, slot) in iovs.iter_mut().zip(order) {
-                let start = slot * max;
-                *iov = Some([IoSlice::new(
-                    &self.tx_buffers[start..start + self.tx_lens[slot]],
-                )]);
-            }
-            let no_cmsgs: [ControlMessage<'_>; 0] = [];
-            let result = sendmmsg(
-                self.socket.as_raw_fd(),
-                &mut self.tx_headers,
-                iovs[..self.tx_queued].iter().flatten(),
-                &self.tx_addrs[..],
-                no_cmsgs,
-                MsgFlags::empty(),
-            );
+            let call = if self.tx_queued == 1 {
+                "sendto"
+            } else {
+                "sendmmsg"
+            };
+            let result = if self.tx_queued == 1 {
+                self.send_one()
+            } else if self.tx_queued <= SMALL_BATCH {
+                self.send_batch::<SMALL_BATCH>()
+            } else {
+                self.send_batch::<MAX_BATCH>()
+            };
             match result {
-                Ok(results) => {
-                    let sent = results.count();
-                    if sent == 0 {
-                        // The kernel reports a failure to send even one
-                        // frame as an error; never spin on a zero anyway.
-                        self.stats.would_block += 1;
-                        return Ok(());
-                    }
+                Ok(0) => {
+                    // The kernel reports a failure to send even one
+                    // frame as an error; never spin on a zero anyway.
+                    self.stats.would_block += 1;
+                    return Ok(());
+                }
+                Ok(sent) => {
                     self.stats.sent += sent as u64;
                     self.release(sent);
                 }
@@ -335,7 +318,7 @@ impl Transport for UdpTransport {
                 // The socket itself is broken: nothing will ever go out.
                 Err(fatal @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
                     self.release(1);
-                    return Err(errno("sendmmsg", fatal));
+                    return Err(errno(call, fatal));
                 }
                 // The first queued frame's destination is refused (route
                 // gone, firewall, unusable address): drop that frame, count
@@ -348,6 +331,136 @@ impl Transport for UdpTransport {
         }
         Ok(())
     }
+}
+
+impl UdpTransport {
+    /// One `recvfrom` into the first buffer; delivers what it read if that
+    /// is one relay frame. Returns the frames delivered and whether a
+    /// datagram came at all.
+    fn recv_one(&mut self, deliver: &mut Deliver<'_>) -> Result<(usize, bool), TransportError> {
+        let max = self.config.max_frame_len;
+        let buffer = &mut self.rx_buffers[..=max];
+        let (len, sender) = match self.socket.recv_from(buffer) {
+            Ok(read) => read,
+            Err(error) if is_transient(&error) => return Ok((0, false)),
+            Err(error) => return Err(syscall("recvfrom", error)),
+        };
+        if len > max {
+            self.stats.dropped_truncated += 1;
+            return Ok((0, true));
+        }
+        let payload = &buffer[..len];
+        match sender {
+            SocketAddr::V4(sender) if RelayPacket::new_datagram(payload).is_ok() => {
+                deliver(endpoint(SockaddrIn::from(sender)), payload);
+                self.stats.received += 1;
+                Ok((1, true))
+            }
+            _ => {
+                self.stats.dropped_malformed += 1;
+                Ok((0, true))
+            }
+        }
+    }
+
+    /// One `recvmmsg` of up to `want` (at most `N`) datagrams; delivers
+    /// the relay frames. Returns the frames delivered and the datagrams
+    /// read.
+    fn recv_batch<const N: usize>(
+        &mut self,
+        want: usize,
+        deliver: &mut Deliver<'_>,
+    ) -> Result<(usize, usize), TransportError> {
+        let want = want.min(N);
+        // nix ties the I/O vectors' lifetime to the headers' borrow, so they
+        // cannot live in `self`; an array on the stack, no larger than the
+        // call needs, keeps this call free of allocation.
+        let mut iovs: [Option<[IoSliceMut<'_>; 1]>; N] = [const { None }; N];
+        let buffers = self.rx_buffers.chunks_exact_mut(self.config.max_frame_len);
+        for (iov, buffer) in iovs.iter_mut().zip(buffers).take(want) {
+            *iov = Some([IoSliceMut::new(buffer)]);
+        }
+        let messages = match recvmmsg(
+            self.socket.as_raw_fd(),
+            &mut self.rx_headers,
+            iovs[..want].iter_mut().flatten(),
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(messages) => messages,
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok((0, 0)),
+            Err(other) => return Err(errno("recvmmsg", other)),
+        };
+        let (mut delivered, mut datagrams) = (0usize, 0usize);
+        for message in messages {
+            datagrams += 1;
+            if message.flags.contains(MsgFlags::MSG_TRUNC) {
+                self.stats.dropped_truncated += 1;
+                continue;
+            }
+            // The iterator ends early on an empty payload.
+            let payload = message.iovs().next().unwrap_or_default();
+            match message.address {
+                Some(sender) if RelayPacket::new_datagram(payload).is_ok() => {
+                    deliver(endpoint(sender), payload);
+                    delivered += 1;
+                }
+                _ => self.stats.dropped_malformed += 1,
+            }
+        }
+        self.stats.received += delivered as u64;
+        Ok((delivered, datagrams))
+    }
+
+    /// One `sendto` of the oldest queued frame: how many went (0 or 1).
+    fn send_one(&mut self) -> Result<usize, Errno> {
+        let slot = self.tx_head;
+        let start = slot * self.config.max_frame_len;
+        let frame = &self.tx_buffers[start..start + self.tx_lens[slot]];
+        let to = SocketAddrV4::from(self.tx_dests[slot]);
+        match self.socket.send_to(frame, to) {
+            Ok(_) => Ok(1),
+            Err(error) => Err(error.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
+        }
+    }
+
+    /// One `sendmmsg` of the oldest queued frames (at most `N`): how many
+    /// the kernel took.
+    fn send_batch<const N: usize>(&mut self) -> Result<usize, Errno> {
+        let batch = self.config.batch;
+        let max = self.config.max_frame_len;
+        let count = self.tx_queued.min(N);
+        let order = (0..count).map(|k| (self.tx_head + k) % batch);
+        self.tx_addrs.clear();
+        self.tx_addrs
+            .extend(order.clone().map(|slot| Some(self.tx_dests[slot])));
+        // As in `recv_batch`: the I/O vectors live on the stack.
+        let mut iovs: [Option<[IoSlice<'_>; 1]>; N] = [const { None }; N];
+        for (iov, slot) in iovs.iter_mut().zip(order) {
+            let start = slot * max;
+            *iov = Some([IoSlice::new(
+                &self.tx_buffers[start..start + self.tx_lens[slot]],
+            )]);
+        }
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        sendmmsg(
+            self.socket.as_raw_fd(),
+            &mut self.tx_headers,
+            iovs[..count].iter().flatten(),
+            &self.tx_addrs[..],
+            no_cmsgs,
+            MsgFlags::empty(),
+        )
+        .map(|results| results.count())
+    }
+}
+
+/// Whether a receive error only means "nothing now".
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]
@@ -415,6 +528,53 @@ mod tests {
             got.len() == 2
         });
         assert_eq!(got, [2, 4]);
+        // A flush of one frame takes the single-datagram path: the same
+        // refusal is counted and the frame dropped.
+        queue(&mut a, nowhere, 5);
+        flush_all(&mut a);
+        assert_eq!(a.stats().send_errors, 3);
+        assert_eq!(a.queued(), 0);
+    }
+
+    #[test]
+    fn a_burst_is_read_in_batches_and_a_lone_datagram_by_itself() {
+        let mut a = loopback(UdpConfig::default());
+        let mut b = loopback(UdpConfig::default());
+        for n in 0..10 {
+            queue(&mut a, b.local_endpoint(), n);
+        }
+        flush_all(&mut a);
+        let mut got = Vec::new();
+        let mut per_call = Vec::new();
+        poll_until("10 frames", || {
+            let n = b
+                .recv(Instant::ZERO, 64, &mut |_, bytes| {
+                    got.push(number_of(bytes))
+                })
+                .unwrap();
+            if n > 0 {
+                per_call.push(n);
+            }
+            got.len() == 10
+        });
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        // An idle socket's first datagram comes alone (one recvfrom); the
+        // ones behind it in one batch.
+        assert_eq!(per_call.first(), Some(&1), "{per_call:?}");
+        assert!(per_call.iter().any(|&n| n > 1), "{per_call:?}");
+        // Back to idle, then one frame: read alone again, in order.
+        assert_eq!(b.recv(Instant::ZERO, 64, &mut |_, _| {}).unwrap(), 0);
+        queue(&mut a, b.local_endpoint(), 10);
+        flush_all(&mut a);
+        poll_until("frame 10", || {
+            b.recv(Instant::ZERO, 64, &mut |_, bytes| {
+                got.push(number_of(bytes))
+            })
+            .unwrap();
+            got.len() == 11
+        });
+        assert_eq!(got[10], 10);
+        assert_eq!(b.stats().received, 11);
     }
 
     #[test]
@@ -575,6 +735,21 @@ mod tests {
         assert_eq!(got, [7]);
         assert_eq!(b.stats().dropped_truncated, 1);
         assert_eq!(b.stats().received, 1);
+        // Oversized datagrams in a burst (read with recvmmsg): the same.
+        let len8 = numbered(8, &mut frame);
+        plain.send_to(&frame[..len8], to_b).unwrap();
+        plain.send_to(&[0x58; 1473], to_b).unwrap();
+        let len9 = numbered(9, &mut frame);
+        plain.send_to(&frame[..len9], to_b).unwrap();
+        poll_until("three more datagrams", || {
+            b.recv(Instant::ZERO, 64, &mut |_, bytes| {
+                got.push(number_of(bytes))
+            })
+            .unwrap();
+            got.len() + usize::try_from(b.stats().dropped_truncated).unwrap() == 5
+        });
+        assert_eq!(got, [7, 8, 9]);
+        assert_eq!(b.stats().dropped_truncated, 2);
     }
 
     #[test]
