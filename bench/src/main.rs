@@ -81,6 +81,11 @@ enum Command {
         /// Argument bytes per call.
         #[arg(long, default_value_t = 32)]
         payload: usize,
+        /// Idle peers each node has besides its partner (they get
+        /// heartbeats, never a session): how a node's cost per frame grows
+        /// with the peers it knows.
+        #[arg(long, default_value_t = 0)]
+        peers: u16,
     },
     /// RPC engine cost: calls per second through client and server engines.
     Engine {
@@ -257,8 +262,12 @@ fn main() {
             }
         }
         Command::Codec { seconds } => codec(seconds),
-        Command::Nodes { seconds, payload } => {
-            if let Err(error) = nodes::run(seconds, payload) {
+        Command::Nodes {
+            seconds,
+            payload,
+            peers,
+        } => {
+            if let Err(error) = nodes::run(seconds, payload, peers) {
                 eprintln!("xrelay-bench nodes: {error}");
                 std::process::exit(1);
             }

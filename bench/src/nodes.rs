@@ -5,7 +5,9 @@
 //! and builds the reply, and the client node completes the call, with one
 //! call outstanding as in `rpc_latency_closed`. What a round trip over a
 //! link costs beyond the link itself is this figure; profile it with
-//! `perf record xrelay-bench nodes`.
+//! `perf record xrelay-bench nodes`. With `--peers N` each node also knows
+//! N idle peers (heartbeats only; their frames go nowhere), which shows
+//! what a node's size costs every frame.
 
 use std::time::{Duration, Instant as StdInstant};
 
@@ -21,21 +23,40 @@ use crate::scenarios::{Echo, ECHO};
 /// The largest relay frame the nodes build (a 1500-byte MTU's).
 const FRAME_LEN: usize = 1472;
 
-/// Hands every frame `from` builds to `to` (through `buf`); returns how
-/// many.
-fn carry(from: &mut Node, from_at: Endpoint, to: &mut Node, now: Instant, buf: &mut [u8]) -> usize {
+/// Hands every frame `from` builds for `to_at` to `to` (through `buf`),
+/// and drops those for its idle peers; returns how many it handed over.
+fn carry(
+    from: &mut Node,
+    from_at: Endpoint,
+    to: &mut Node,
+    to_at: Endpoint,
+    now: Instant,
+    buf: &mut [u8],
+) -> usize {
     let mut frames = 0;
-    while let Some((_, len)) = from.poll_transmit(now, buf) {
-        to.handle_datagram(now, from_at, &buf[..len]);
-        frames += 1;
+    while let Some((dst, len)) = from.poll_transmit(now, buf) {
+        if dst.same_address(&to_at) {
+            to.handle_datagram(now, from_at, &buf[..len]);
+            frames += 1;
+        }
     }
     frames
 }
 
-/// Closed-loop echo calls with `payload`-byte arguments for `seconds`;
-/// prints round trips per second, nanoseconds per round trip and frames
-/// per round trip.
-pub fn run(seconds: f64, payload: usize) -> Result<(), String> {
+/// The `index`th idle peer's address: in 198.19.0.0/16, which no node
+/// here is at (and nothing is ever sent on a link).
+fn idle_peer(index: u16) -> Endpoint {
+    let [hi, lo] = index.to_be_bytes();
+    Endpoint {
+        ip: std::net::Ipv4Addr::new(198, 19, hi, lo),
+        ..host_endpoint(1)
+    }
+}
+
+/// Closed-loop echo calls with `payload`-byte arguments for `seconds`,
+/// each node knowing `peers` idle peers besides its partner; prints round
+/// trips per second, nanoseconds per round trip and frames per round trip.
+pub fn run(seconds: f64, payload: usize, peers: u16) -> Result<(), String> {
     let clock = MonotonicClock::new();
     let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
     let config = NodeConfig::new(FRAME_LEN);
@@ -44,6 +65,12 @@ pub fn run(seconds: f64, payload: usize) -> Result<(), String> {
     let now = clock.now();
     let peer = client.add_peer(now, "b", b_at).map_err(|e| e.to_string())?;
     server.add_peer(now, "a", a_at).map_err(|e| e.to_string())?;
+    for index in 0..peers {
+        for node in [&mut client, &mut server] {
+            node.add_peer(now, &format!("idle{index}"), idle_peer(index))
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let echo: Box<dyn Dispatch + Send> = Box::new(Echo);
     server.export_rpc("echo", echo).map_err(|e| e.to_string())?;
     let session = client
@@ -51,8 +78,8 @@ pub fn run(seconds: f64, payload: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; FRAME_LEN];
     for _ in 0..100 {
-        carry(&mut client, a_at, &mut server, clock.now(), &mut buf);
-        carry(&mut server, b_at, &mut client, clock.now(), &mut buf);
+        carry(&mut client, a_at, &mut server, b_at, clock.now(), &mut buf);
+        carry(&mut server, b_at, &mut client, a_at, clock.now(), &mut buf);
         if client.is_open(session) {
             break;
         }
@@ -70,9 +97,9 @@ pub fn run(seconds: f64, payload: usize) -> Result<(), String> {
                 .map_err(|e| format!("call: {e}"))?;
             let mut done = false;
             while !done {
-                frames += carry(&mut client, a_at, &mut server, clock.now(), &mut buf) as u64;
+                frames += carry(&mut client, a_at, &mut server, b_at, clock.now(), &mut buf) as u64;
                 while server.poll_event().is_some() {}
-                frames += carry(&mut server, b_at, &mut client, clock.now(), &mut buf) as u64;
+                frames += carry(&mut server, b_at, &mut client, a_at, clock.now(), &mut buf) as u64;
                 while let Some(event) = client.poll_event() {
                     if let NodeEvent::CallDone { outcome, .. } = event {
                         outcome.result.map_err(|e| format!("call: {e}"))?;
@@ -98,7 +125,7 @@ pub fn run(seconds: f64, payload: usize) -> Result<(), String> {
     );
     println!(
         "{:<52} {:>14.0}",
-        format!("echo round trips per second, {payload}-byte args"),
+        format!("echo round trips per second, {payload}-byte args, {peers} idle peers"),
         calls as f64 / elapsed
     );
     println!(

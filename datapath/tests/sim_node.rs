@@ -1223,3 +1223,159 @@ fn an_idle_node_wakes_at_once_for_new_work_and_in_time_for_its_timers() {
         "{at:?}"
     );
 }
+
+#[test]
+fn a_node_finds_the_peer_of_an_address_as_the_first_peer_with_the_same_address() {
+    // Peers by IPv4 address and port, and peers known only by Ethernet
+    // address (raw Ethernet encapsulation), with Ethernet addresses that
+    // repeat: the node's constant-time lookup must name the first peer
+    // (in the order added) that `Endpoint::same_address` matches.
+    use std::net::Ipv4Addr;
+    use xrelay_datapath::wire::encap::Endpoint;
+    use xrelay_datapath::wire::ethernet::EthernetAddress;
+    use xrelay_datapath::wire::heartbeat::Heartbeat;
+    let heartbeat = frame_bytes(
+        0,
+        xrelay_datapath::wire::Message::Heartbeat(Heartbeat {
+            incarnation: 5,
+            send_time: 1,
+            echo_time: 0,
+        }),
+    );
+    let mut rng = fastrand::Rng::with_seed(7);
+    let endpoint = |rng: &mut fastrand::Rng| Endpoint {
+        mac: EthernetAddress([2, 0, 0, 0, 0, rng.u8(0..6)]),
+        ip: if rng.bool() {
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            Ipv4Addr::new(198, 18, 7, rng.u8(0..6))
+        },
+        port: 7000 + u16::from(rng.u8(0..3)),
+    };
+    for round in 0..50 {
+        let mut node = Node::new(config(round + 1)).unwrap();
+        let mut peers: Vec<Endpoint> = Vec::new();
+        for k in 0..12 {
+            let at = endpoint(&mut rng);
+            let added = node.add_peer(Instant::ZERO, &format!("p{k}"), at);
+            // add_peer refuses an address some peer already matches.
+            assert_eq!(
+                added.is_ok(),
+                !peers.iter().any(|p| p.same_address(&at)),
+                "{at:?} among {peers:?}"
+            );
+            if added.is_ok() {
+                peers.push(at);
+            }
+            for _ in 0..20 {
+                let from = endpoint(&mut rng);
+                let expected = peers.iter().position(|p| p.same_address(&from));
+                assert_eq!(
+                    node.peer_by_address(&from),
+                    expected.map(PeerId),
+                    "{from:?} among {peers:?}"
+                );
+                // A frame from there reaches that peer or is left to the
+                // caller, also when the answer comes from the last lookup.
+                for _ in 0..2 {
+                    let counts = |node: &Node| -> Vec<u64> {
+                        node.peer_ids()
+                            .map(|p| node.peer_report(p).unwrap().counters.frames_received)
+                            .collect()
+                    };
+                    let before = counts(&node);
+                    assert_eq!(
+                        node.handle_known(Instant::ZERO, from, &heartbeat),
+                        expected.is_some()
+                    );
+                    let reached: Vec<usize> = counts(&node)
+                        .iter()
+                        .zip(&before)
+                        .enumerate()
+                        .filter(|(_, (after, before))| after > before)
+                        .map(|(p, _)| p)
+                        .collect();
+                    assert_eq!(reached, Vec::from_iter(expected));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_with_many_peers_keeps_every_timer_while_one_peer_is_busy() {
+    // Node a knows b, which serves echo calls, and 40 peers that never
+    // answer. Only peers with work are looked at on a pass (the others
+    // sleep until their next timer): a call to b must still be answered
+    // at once, and every peer, busy, idle or busy then idle, must get its
+    // heartbeat on time, in virtual time.
+    use std::net::Ipv4Addr;
+    use xrelay_datapath::wire::encap::Endpoint;
+    use xrelay_datapath::wire::Kind;
+    let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
+    let mut a = Node::new(config(1)).unwrap();
+    let mut b = Node::new(config(2)).unwrap();
+    let mut now = Instant::from_nanos(1_000_000);
+    let peer = a.add_peer(now, "b", b_at).unwrap();
+    b.add_peer(now, "a", a_at).unwrap();
+    let idle: Vec<Endpoint> = (0..40)
+        .map(|k| Endpoint {
+            ip: Ipv4Addr::new(198, 19, 0, k + 1),
+            ..b_at
+        })
+        .collect();
+    for (k, at) in idle.iter().enumerate() {
+        a.add_peer(now, &format!("idle{k}"), *at).unwrap();
+    }
+    let executions = Arc::default();
+    b.export_rpc("echo", Box::new(Echo { executions })).unwrap();
+    let session = a.open(now, peer, Service::Rpc, "echo").unwrap();
+    let mut buf = vec![0u8; 1472];
+    // Heartbeat times per destination.
+    let mut heartbeats: HashMap<[u8; 4], Vec<Instant>> = HashMap::new();
+    let step = Duration::from_micros(50);
+    let (mut calls, mut answered) = (0u32, 0u32);
+    let half = now + Duration::from_millis(750);
+    let end = half + Duration::from_millis(750);
+    while now < end {
+        now += step;
+        // Calls for the first half, one at a time, then nothing.
+        let busy = now < half;
+        if busy && a.is_open(session) && calls == answered {
+            a.call(now, session, ECHO, 0, b"ping".to_vec()).unwrap();
+            calls += 1;
+        }
+        while let Some((to, len)) = a.poll_transmit(now, &mut buf) {
+            if kind_of(&buf[..len]) == Kind::Heartbeat {
+                heartbeats.entry(to.ip.octets()).or_default().push(now);
+            }
+            if to.same_address(&b_at) {
+                b.handle_datagram(now, a_at, &buf[..len]);
+            }
+        }
+        while let Some((_, len)) = b.poll_transmit(now, &mut buf) {
+            a.handle_datagram(now, b_at, &buf[..len]);
+        }
+        while let Some(event) = a.poll_event() {
+            if let NodeEvent::CallDone { outcome, .. } = event {
+                outcome.result.unwrap();
+                answered += 1;
+            }
+        }
+        // A call made in this step was answered in this step.
+        assert_eq!(calls, answered, "a call waited at {now:?}");
+    }
+    assert!(calls > 1000, "{calls} calls");
+    let interval = config(1).liveness.interval;
+    for at in idle.iter().chain([&b_at]) {
+        let times = &heartbeats[&at.ip.octets()];
+        assert!(times.len() >= 14, "{} heartbeats to {at:?}", times.len());
+        for pair in times.windows(2) {
+            let gap = pair[1].saturating_since(pair[0]);
+            assert!(
+                gap >= interval && gap <= interval + step,
+                "heartbeats to {at:?} {gap:?} apart"
+            );
+        }
+    }
+}

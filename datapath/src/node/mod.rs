@@ -30,10 +30,14 @@ mod session;
 
 pub use self::report::{LatencyHistogram, LatencySummary, PeerCounters, PeerLatency, PeerReport};
 
+use core::cmp::Reverse;
 use core::ops::Bound;
 use core::time::Duration;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use self::session::{ClientEngine, ClientSession, Content, Phase, ServedEngine, ServedSession};
 use crate::auth::{FrameKeys, ReplayWindow};
@@ -45,6 +49,7 @@ use crate::marshal::rpc::codes;
 use crate::marshal::{CallError, Dispatch};
 use crate::time::Instant;
 use crate::wire::encap::Endpoint;
+use crate::wire::ethernet::EthernetAddress;
 use crate::wire::header::{HEADER_LEN, TAG_LEN};
 use crate::wire::rom::{RomState, HASH_LEN, MAX_ROM_SIZE};
 use crate::wire::rpc::Acked;
@@ -73,12 +78,12 @@ const CLOSE_TRIES: u32 = 8;
 /// forgotten: the client gave up the open before a reply reached it.
 const UNCONFIRMED_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long [`Node::poll_transmit`] may skip its pass over peers and
-/// sessions when nothing is due: housekeeping without a timer of its own
-/// in [`Node::poll_timeout`] (partial calls of a served session, the
-/// sweep of unconfirmed sessions, forgetting executed ids) is late by
-/// this much at most.
-const QUIET_AT_MOST: Duration = Duration::from_millis(1);
+/// How long a peer with nothing to send may sleep (see
+/// [`Node::poll_transmit`]) when no timer of its own is sooner:
+/// housekeeping without a timer in [`Node::poll_timeout`] (partial calls
+/// of a served session, the sweep of unconfirmed sessions, forgetting
+/// executed ids, all on scales of seconds) is late by this much at most.
+const ASLEEP_AT_MOST: Duration = Duration::from_millis(10);
 
 /// A SESSION_CLOSE of ours waiting for confirmation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -405,9 +410,53 @@ struct Peer {
     next_sweep: Instant,
     client_turn: SessionId,
     served_first: bool,
+    /// In the node's queue of peers that may have something to send.
+    ready: bool,
+    /// Its last pass found nothing, and nothing came in since.
+    idle_pass: bool,
+    /// When it wakes, while it sleeps (out of the ready queue).
+    asleep_until: Option<Instant>,
+    /// Its earliest entry in the node's `sleeping` heap (entries at other
+    /// times are stale): a peer that goes back to sleep before this time
+    /// adds no entry, so the heap holds about one per peer.
+    alarm: Option<Instant>,
 }
 
 impl Peer {
+    /// When this peer next has something to send without new input (a
+    /// heartbeat, a retransmission, a deadline); see [`Node::poll_timeout`].
+    fn poll_timeout(&self, probe_after: Duration) -> Instant {
+        let mut next = self.liveness.poll_timeout();
+        if !self.control.is_empty() {
+            next = Instant::ZERO;
+        }
+        // Unconfirmed sessions send nothing (see `transmit_served`).
+        for served in self.served.values().filter(|s| s.confirmed) {
+            if let Some(at) = served.poll_timeout() {
+                next = next.min(at);
+            }
+        }
+        // Opens and closes wait while the peer is down.
+        let down = self.liveness.state() == PeerState::Down;
+        if !down {
+            if let Some(closing) = self.closing.values().map(|c| c.next).min() {
+                next = next.min(closing);
+            }
+        }
+        for client in self.clients.values() {
+            match client.phase {
+                Phase::Opening { next_send, .. } if !down => next = next.min(next_send),
+                Phase::Open { .. } => {
+                    if let Some(at) = client.poll_timeout(probe_after) {
+                        next = next.min(at);
+                    }
+                }
+                Phase::Opening { .. } | Phase::Closed => {}
+            }
+        }
+        next
+    }
+
     fn allocate_channel(&mut self) -> u32 {
         loop {
             let channel = self.next_channel;
@@ -473,23 +522,36 @@ pub struct Node {
     next_open_id: u32,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
-    peer_turn: usize,
     reply: Vec<u8>,
     /// Seeded by the incarnation: open ids and channel numbers.
     rng: fastrand::Rng,
     /// Which peer may open which export; `None` allows everything.
     policy: Option<BTreeSet<(PeerId, ExportId)>>,
-    /// Until when [`Node::poll_transmit`] surely has nothing to send: it
-    /// answers `None` without looking at peers and sessions (a polling
-    /// loop's idle iterations stay short, so a frame that arrives is seen
-    /// sooner). Set from [`Node::poll_timeout`] after two passes in a row
-    /// found nothing; cleared by everything that can give the node
-    /// output ([`Node::stir`]).
-    quiet_until: Instant,
-    /// The `now` at which `quiet_until` was set.
-    quiet_since: Instant,
-    /// Whether the last pass found nothing and nothing came in since.
-    idle_pass: bool,
+    /// Peers that may have something to send, in turn order: the only
+    /// ones [`Node::poll_transmit`] asks. A peer whose pass found nothing
+    /// twice in a row leaves for `sleeping` until its next timer
+    /// ([`Peer::poll_timeout`]); everything that can give it output wakes
+    /// it ([`Node::wake`]). So a pass costs the peers with work, not every
+    /// peer the node knows, and an idle node's pass costs next to nothing.
+    ready: VecDeque<usize>,
+    /// Alarms of sleeping peers: (time, peer). At its time an entry wakes
+    /// its peer, or puts the alarm at the later time the peer now sleeps
+    /// until; one that is not its peer's `alarm` is stale and skipped.
+    sleeping: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The latest `now` [`Node::poll_transmit`] saw: an earlier one (a
+    /// clock that stepped back) wakes every peer, so it costs a pass,
+    /// never a frame.
+    last_now: Instant,
+    /// Peers by address, for [`Node::find_peer`]: by IPv4 address and
+    /// port, by the first peer with an Ethernet address, and among peers
+    /// known only by Ethernet address.
+    by_ip: FxHashMap<(Ipv4Addr, u16), usize>,
+    by_mac: FxHashMap<EthernetAddress, usize>,
+    raw_by_mac: FxHashMap<EthernetAddress, usize>,
+    /// The last address [`Node::find_peer`] resolved and its peer: frames
+    /// come in runs from one peer, and the answer only changes when a
+    /// peer is added.
+    last_found: Option<(Endpoint, usize)>,
 }
 
 impl core::fmt::Debug for Node {
@@ -534,12 +596,15 @@ impl Node {
             // queue does not grow (allocate) in the steady state.
             events: VecDeque::with_capacity(EVENT_ROOM),
             stats: NodeStats::default(),
-            peer_turn: 0,
             reply: Vec::new(),
             policy: None,
-            quiet_until: Instant::ZERO,
-            quiet_since: Instant::ZERO,
-            idle_pass: false,
+            ready: VecDeque::new(),
+            sleeping: BinaryHeap::new(),
+            last_now: Instant::ZERO,
+            by_ip: FxHashMap::default(),
+            by_mac: FxHashMap::default(),
+            raw_by_mac: FxHashMap::default(),
+            last_found: None,
         })
     }
 
@@ -560,7 +625,6 @@ impl Node {
         name: &str,
         endpoint: Endpoint,
     ) -> Result<PeerId, NodeError> {
-        self.stir();
         if self
             .peers
             .iter()
@@ -568,6 +632,14 @@ impl Node {
         {
             return Err(NodeError::DuplicatePeer(name.to_owned()));
         }
+        let p = self.peers.len();
+        self.last_found = None;
+        if endpoint.ip.is_unspecified() {
+            self.raw_by_mac.insert(endpoint.mac, p);
+        } else {
+            self.by_ip.insert((endpoint.ip, endpoint.port), p);
+        }
+        self.by_mac.entry(endpoint.mac).or_insert(p);
         self.peers.push(Peer {
             name: name.to_owned(),
             endpoint,
@@ -592,8 +664,13 @@ impl Node {
             next_sweep: Instant::ZERO,
             client_turn: SessionId(0),
             served_first: false,
+            ready: false,
+            idle_pass: false,
+            asleep_until: None,
+            alarm: None,
         });
-        Ok(PeerId(self.peers.len() - 1))
+        self.wake(p);
+        Ok(PeerId(p))
     }
 
     /// The export of `service` labelled `label`.
@@ -608,7 +685,7 @@ impl Node {
     /// once with SESSION_CLOSE "revoked" (the client's pending calls fail
     /// with a clear error); sessions it still allows go on undisturbed.
     pub fn set_policy(&mut self, policy: Option<BTreeSet<(PeerId, ExportId)>>) {
-        self.stir();
+        self.wake_all();
         self.policy = policy;
         let Some(policy) = &self.policy else {
             return;
@@ -646,7 +723,9 @@ impl Node {
         peer: PeerId,
         keys: Option<FrameKeys>,
     ) -> Result<(), NodeError> {
-        self.stir();
+        if peer.0 < self.peers.len() {
+            self.wake(peer.0);
+        }
         let peer = self
             .peers
             .get_mut(peer.0)
@@ -660,10 +739,31 @@ impl Node {
 
     /// The peer at `endpoint`'s IP address and port.
     pub fn peer_by_address(&self, endpoint: &Endpoint) -> Option<PeerId> {
-        self.peers
-            .iter()
-            .position(|p| p.endpoint.same_address(endpoint))
-            .map(PeerId)
+        self.find_peer(endpoint).map(PeerId)
+    }
+
+    /// The first peer (in the order they were added) whose endpoint is
+    /// [`Endpoint::same_address`] as `from`, found in constant time: by
+    /// IPv4 address and port, or by Ethernet address when either side has
+    /// no IPv4 address.
+    fn find_peer(&self, from: &Endpoint) -> Option<usize> {
+        match self.last_found {
+            Some((at, p)) if at == *from => Some(p),
+            _ => self.look_up_peer(from),
+        }
+    }
+
+    /// [`Node::find_peer`] without the memory of the last answer.
+    fn look_up_peer(&self, from: &Endpoint) -> Option<usize> {
+        if from.ip.is_unspecified() {
+            return self.by_mac.get(&from.mac).copied();
+        }
+        let by_ip = self.by_ip.get(&(from.ip, from.port)).copied();
+        let raw = self.raw_by_mac.get(&from.mac).copied();
+        match (by_ip, raw) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The peer called `name`.
@@ -727,21 +827,21 @@ impl Node {
         label: &str,
         dispatcher: Box<dyn Dispatch + Send>,
     ) -> Result<ExportId, NodeError> {
-        self.stir();
+        self.wake_all();
         self.export(label, Export::Rpc(dispatcher))
     }
 
     /// Receives signals on sessions labelled `label`
     /// ([`NodeEvent::Signal`]).
     pub fn export_signal(&mut self, label: &str) -> Result<ExportId, NodeError> {
-        self.stir();
+        self.wake_all();
         self.export(label, Export::Signal)
     }
 
     /// Publishes a ROM module labelled `label`, empty at version 1 until
     /// the first [`Node::publish`].
     pub fn export_rom(&mut self, label: &str) -> Result<ExportId, NodeError> {
-        self.stir();
+        self.wake_all();
         let initial = Arc::new(RomVersion::valid(1, Vec::new()));
         self.export(label, Export::Rom(initial))
     }
@@ -755,7 +855,6 @@ impl Node {
         module: ExportId,
         content: Option<Vec<u8>>,
     ) -> Result<u64, NodeError> {
-        self.stir();
         let content = content.map(|data| {
             let hash = *blake3::hash(&data).as_bytes();
             (data, hash)
@@ -773,7 +872,7 @@ impl Node {
         module: ExportId,
         content: Option<(Vec<u8>, [u8; HASH_LEN])>,
     ) -> Result<u64, NodeError> {
-        self.stir();
+        self.wake_all();
         if let Some((data, _)) = &content {
             if data.len() as u64 > MAX_ROM_SIZE {
                 return Err(NodeError::TooLarge(data.len()));
@@ -823,13 +922,13 @@ impl Node {
         service: Service,
         label: &str,
     ) -> Result<SessionId, NodeError> {
-        self.stir();
         if label.len() > MAX_LABEL_LEN {
             return Err(NodeError::LabelTooLong(label.len()));
         }
         if peer.0 >= self.peers.len() {
             return Err(NodeError::Unknown("peer"));
         }
+        self.wake(peer.0);
         let engine = match service {
             Service::Rpc => ClientEngine::Rpc(Box::new(RpcClient::new(self.config.rpc))),
             Service::Signal => ClientEngine::Signal(BTreeMap::new()),
@@ -895,10 +994,10 @@ impl Node {
     /// Closes a client session: pending calls fail with
     /// [`CallError::Closed`], the server is told.
     pub fn close(&mut self, session: SessionId) {
-        self.stir();
         let Some(p) = self.clients.remove(&session) else {
             return;
         };
+        self.wake(p);
         let peer = &mut self.peers[p];
         let Some(mut client) = peer.clients.remove(&session) else {
             return;
@@ -931,7 +1030,9 @@ impl Node {
         opcode: u16,
         args: Vec<u8>,
     ) -> Result<u64, CallError> {
-        self.stir();
+        if let Some(&p) = self.clients.get(&session) {
+            self.wake(p);
+        }
         let Some(client) = self.client_mut(session) else {
             return Err(CallError::Closed("no such session".into()));
         };
@@ -960,7 +1061,9 @@ impl Node {
         context: u32,
         count: u64,
     ) -> Result<(), NodeError> {
-        self.stir();
+        if let Some(&p) = self.clients.get(&session) {
+            self.wake(p);
+        }
         let retransmit = self.config.signal_retransmit;
         let limit = self.config.max_contexts_per_session;
         let Some(client) = self.client_mut(session) else {
@@ -1026,15 +1129,12 @@ impl Node {
     /// no peer of this node is left to the caller: returns `false` and
     /// counts nothing (another queue's node may own that peer).
     pub fn handle_known(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) -> bool {
-        let Some(p) = self
-            .peers
-            .iter()
-            .position(|p| p.endpoint.same_address(&from))
-        else {
+        let Some(p) = self.find_peer(&from) else {
             return false;
         };
-        // Only frames of our own peers can give this node output.
-        self.stir();
+        self.last_found = Some((from, p));
+        // A frame can give its own peer output, no other.
+        self.wake(p);
         self.stats.frames_received += 1;
         self.handle_from(now, p, bytes);
         true
@@ -1555,41 +1655,89 @@ impl Node {
     /// [`NodeConfig::max_frame_len`] bytes); returns its destination and
     /// length, or `None` when nothing is due. Peers and sessions take turns.
     ///
-    /// An idle node answers from what [`Node::poll_timeout`] said (see
-    /// `quiet_until`); a `now` earlier than the one that set it makes the
-    /// node look again, so a clock that steps back costs a pass, never a
-    /// frame.
+    /// Only peers that may have work are asked (see `ready`), in turn; a
+    /// peer that twice in a row had nothing sleeps until its next timer
+    /// or 10 ms, whichever is sooner, unless something wakes
+    /// it first. A `now` earlier than the last one wakes every peer, so a
+    /// clock that steps back costs a pass, never a frame.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Endpoint, usize)> {
-        if now < self.quiet_until && now >= self.quiet_since {
-            return None;
+        if now < self.last_now {
+            self.wake_all();
         }
-        let count = self.peers.len();
-        for step in 0..count {
-            let p = (self.peer_turn + step) % count;
-            if let Some(len) = self.transmit_peer(now, p, buf) {
-                self.peer_turn = (p + 1) % count;
-                self.stats.frames_sent += 1;
-                self.peers[p].counters.frames_sent += 1;
-                self.idle_pass = false;
-                return Some((self.peers[p].endpoint, len));
+        self.last_now = now;
+        while let Some(&Reverse((at, p))) = self.sleeping.peek() {
+            if at > now {
+                break;
+            }
+            self.sleeping.pop();
+            let peer = &mut self.peers[p];
+            if peer.alarm != Some(at) {
+                continue;
+            }
+            peer.alarm = None;
+            match peer.asleep_until {
+                Some(until) if until <= now => self.wake(p),
+                Some(until) => self.set_alarm(p, until),
+                None => {}
             }
         }
-        // The pass that ends a busy iteration finds nothing as a rule;
-        // only a second one in a row (the next iteration, after the
-        // flush) pays for the timers, off the critical path.
-        if self.idle_pass {
-            self.quiet_since = now;
-            self.quiet_until = self.poll_timeout().min(now + QUIET_AT_MOST);
+        let probe_after = self.config.rom.announce_interval * 4;
+        for _ in 0..self.ready.len() {
+            let Some(p) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(len) = self.transmit_peer(now, p, buf) {
+                self.ready.push_back(p);
+                self.stats.frames_sent += 1;
+                let peer = &mut self.peers[p];
+                peer.idle_pass = false;
+                peer.counters.frames_sent += 1;
+                return Some((peer.endpoint, len));
+            }
+            // The pass that ends a busy iteration finds nothing as a rule;
+            // only a second one in a row (the next iteration, after the
+            // flush) pays for the timers, off the critical path.
+            let peer = &mut self.peers[p];
+            if peer.idle_pass {
+                let at = peer.poll_timeout(probe_after).min(now + ASLEEP_AT_MOST);
+                peer.ready = false;
+                peer.asleep_until = Some(at);
+                self.set_alarm(p, at);
+            } else {
+                peer.idle_pass = true;
+                self.ready.push_back(p);
+            }
         }
-        self.idle_pass = true;
         None
     }
 
-    /// Something may be due now: the next [`Node::poll_transmit`] looks
-    /// at every peer and session again.
-    fn stir(&mut self) {
-        self.quiet_until = Instant::ZERO;
-        self.idle_pass = false;
+    /// Peer `p` may have something to send now: the next
+    /// [`Node::poll_transmit`] asks it.
+    fn wake(&mut self, p: usize) {
+        let peer = &mut self.peers[p];
+        peer.idle_pass = false;
+        peer.asleep_until = None;
+        if !peer.ready {
+            peer.ready = true;
+            self.ready.push_back(p);
+        }
+    }
+
+    /// Makes sure peer `p` is looked at by `at`: an alarm it already has
+    /// at that time or sooner does.
+    fn set_alarm(&mut self, p: usize, at: Instant) {
+        let peer = &mut self.peers[p];
+        if peer.alarm.is_none_or(|alarm| alarm > at) {
+            peer.alarm = Some(at);
+            self.sleeping.push(Reverse((at, p)));
+        }
+    }
+
+    /// [`Node::wake`] for every peer (changes that concern them all).
+    fn wake_all(&mut self) {
+        for p in 0..self.peers.len() {
+            self.wake(p);
+        }
     }
 
     fn transmit_peer(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
@@ -1750,44 +1898,23 @@ impl Node {
     /// When [`Node::poll_transmit`] next has something to send without
     /// new input (a heartbeat, a retransmission, a deadline).
     ///
-    /// A contract, not a hint: an idle node does not look at its sessions
-    /// before this time (housekeeping that sends nothing and raises no
-    /// event excepted, which runs within 1 ms), so every timer that can
-    /// produce a frame or an event must be counted here, never late.
+    /// A contract, not a hint: a peer with nothing to send is not looked
+    /// at again before its own share of this time, unless something wakes
+    /// it (housekeeping that sends nothing and raises no event excepted,
+    /// which runs within 10 ms), so every timer that can produce a frame
+    /// or an event must be counted here, never late.
     pub fn poll_timeout(&self) -> Instant {
-        let mut next = Instant::from_nanos(u64::MAX);
         let probe_after = self.config.rom.announce_interval * 4;
-        for peer in &self.peers {
-            next = next.min(peer.liveness.poll_timeout());
-            if !peer.control.is_empty() {
-                next = Instant::ZERO;
-            }
-            // Unconfirmed sessions send nothing (see `transmit_served`).
-            for served in peer.served.values().filter(|s| s.confirmed) {
-                if let Some(at) = served.poll_timeout() {
-                    next = next.min(at);
-                }
-            }
-            // Opens and closes wait while the peer is down.
-            let down = peer.liveness.state() == PeerState::Down;
-            if !down {
-                if let Some(closing) = peer.closing.values().map(|c| c.next).min() {
-                    next = next.min(closing);
-                }
-            }
-            for client in peer.clients.values() {
-                match client.phase {
-                    Phase::Opening { next_send, .. } if !down => next = next.min(next_send),
-                    Phase::Open { .. } => {
-                        if let Some(at) = client.poll_timeout(probe_after) {
-                            next = next.min(at);
-                        }
-                    }
-                    Phase::Opening { .. } | Phase::Closed => {}
-                }
-            }
-        }
-        next
+        // A sleeping peer wakes at its timer (or earlier: a stale entry
+        // only makes the caller look once more).
+        let asleep = self
+            .sleeping
+            .peek()
+            .map_or(Instant::from_nanos(u64::MAX), |&Reverse((at, _))| at);
+        self.ready
+            .iter()
+            .map(|&p| self.peers[p].poll_timeout(probe_after))
+            .fold(asleep, Instant::min)
     }
 }
 
