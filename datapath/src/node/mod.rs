@@ -83,7 +83,13 @@ const UNCONFIRMED_TIMEOUT: Duration = Duration::from_secs(10);
 /// housekeeping without a timer in [`Node::poll_timeout`] (partial calls
 /// of a served session, the sweep of unconfirmed sessions, forgetting
 /// executed ids, all on scales of seconds) is late by this much at most.
-const ASLEEP_AT_MOST: Duration = Duration::from_millis(10);
+/// As long as the default heartbeat interval, so an idle peer wakes no
+/// more often than its heartbeats make it.
+const ASLEEP_AT_MOST: Duration = Duration::from_millis(100);
+
+/// Alarm entries per peer the heap keeps room for; beyond this many in
+/// all, stale ones are dropped in place (no allocation).
+const ALARMS_PER_PEER: usize = 4;
 
 /// A SESSION_CLOSE of ours waiting for confirmation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -417,8 +423,10 @@ struct Peer {
     /// When it wakes, while it sleeps (out of the ready queue).
     asleep_until: Option<Instant>,
     /// Its earliest entry in the node's `sleeping` heap (entries at other
-    /// times are stale): a peer that goes back to sleep before this time
-    /// adds no entry, so the heap holds about one per peer.
+    /// times are stale): a peer that goes back to sleep with a later wake
+    /// time adds no entry, one with an earlier time does (a new
+    /// retransmission timer); stale entries leave when they ring, or
+    /// when the heap grows past [`ALARMS_PER_PEER`] entries per peer.
     alarm: Option<Instant>,
 }
 
@@ -542,6 +550,8 @@ pub struct Node {
     /// clock that stepped back) wakes every peer, so it costs a pass,
     /// never a frame.
     last_now: Instant,
+    /// Peers by name.
+    by_name: FxHashMap<String, usize>,
     /// Peers by address, for [`Node::find_peer`]: by IPv4 address and
     /// port, by the first peer with an Ethernet address, and among peers
     /// known only by Ethernet address.
@@ -601,6 +611,7 @@ impl Node {
             ready: VecDeque::new(),
             sleeping: BinaryHeap::new(),
             last_now: Instant::ZERO,
+            by_name: FxHashMap::default(),
             by_ip: FxHashMap::default(),
             by_mac: FxHashMap::default(),
             raw_by_mac: FxHashMap::default(),
@@ -625,15 +636,20 @@ impl Node {
         name: &str,
         endpoint: Endpoint,
     ) -> Result<PeerId, NodeError> {
-        if self
-            .peers
-            .iter()
-            .any(|p| p.name == name || p.endpoint.same_address(&endpoint))
-        {
+        // `same_address` is symmetric: a peer matches the new address if
+        // the new address finds it.
+        if self.by_name.contains_key(name) || self.look_up_peer(&endpoint).is_some() {
             return Err(NodeError::DuplicatePeer(name.to_owned()));
         }
         let p = self.peers.len();
         self.last_found = None;
+        self.by_name.insert(name.to_owned(), p);
+        // Room for every peer's place in the ready queue and for their
+        // alarms, so that neither grows (allocates) on the steady path.
+        let peers = p + 1;
+        self.ready.reserve(peers.saturating_sub(self.ready.len()));
+        self.sleeping
+            .reserve((ALARMS_PER_PEER * peers).saturating_sub(self.sleeping.len()));
         if endpoint.ip.is_unspecified() {
             self.raw_by_mac.insert(endpoint.mac, p);
         } else {
@@ -723,13 +739,11 @@ impl Node {
         peer: PeerId,
         keys: Option<FrameKeys>,
     ) -> Result<(), NodeError> {
-        if peer.0 < self.peers.len() {
-            self.wake(peer.0);
+        if peer.0 >= self.peers.len() {
+            return Err(NodeError::Unknown("peer"));
         }
-        let peer = self
-            .peers
-            .get_mut(peer.0)
-            .ok_or(NodeError::Unknown("peer"))?;
+        self.wake(peer.0);
+        let peer = &mut self.peers[peer.0];
         // The replay window stays: sequences only grow (docs/wire.md 3.2),
         // so frames captured under the same key before this call must not
         // become acceptable again, and those under another key fail the tag.
@@ -768,7 +782,7 @@ impl Node {
 
     /// The peer called `name`.
     pub fn peer(&self, name: &str) -> Option<PeerId> {
-        self.peers.iter().position(|p| p.name == name).map(PeerId)
+        self.by_name.get(name).copied().map(PeerId)
     }
 
     /// The name of `peer`.
@@ -827,21 +841,18 @@ impl Node {
         label: &str,
         dispatcher: Box<dyn Dispatch + Send>,
     ) -> Result<ExportId, NodeError> {
-        self.wake_all();
         self.export(label, Export::Rpc(dispatcher))
     }
 
     /// Receives signals on sessions labelled `label`
     /// ([`NodeEvent::Signal`]).
     pub fn export_signal(&mut self, label: &str) -> Result<ExportId, NodeError> {
-        self.wake_all();
         self.export(label, Export::Signal)
     }
 
     /// Publishes a ROM module labelled `label`, empty at version 1 until
     /// the first [`Node::publish`].
     pub fn export_rom(&mut self, label: &str) -> Result<ExportId, NodeError> {
-        self.wake_all();
         let initial = Arc::new(RomVersion::valid(1, Vec::new()));
         self.export(label, Export::Rom(initial))
     }
@@ -970,11 +981,6 @@ impl Node {
         self.peers[p].clients.get(&session)
     }
 
-    fn client_mut(&mut self, session: SessionId) -> Option<&mut ClientSession> {
-        let &p = self.clients.get(&session)?;
-        self.peers[p].clients.get_mut(&session)
-    }
-
     /// The channel the server gave `session`, while it is open.
     pub fn channel_of(&self, session: SessionId) -> Option<u32> {
         match self.client(session)?.phase {
@@ -1030,16 +1036,17 @@ impl Node {
         opcode: u16,
         args: Vec<u8>,
     ) -> Result<u64, CallError> {
-        if let Some(&p) = self.clients.get(&session) {
-            self.wake(p);
-        }
-        let Some(client) = self.client_mut(session) else {
+        let Some(&p) = self.clients.get(&session) else {
+            return Err(CallError::Closed("no such session".into()));
+        };
+        self.wake(p);
+        let Some(client) = self.peers[p].clients.get_mut(&session) else {
             return Err(CallError::Closed("no such session".into()));
         };
         match client.phase {
             Phase::Open { .. } => {}
             Phase::Opening { .. } => {
-                let name = &self.peers[self.clients[&session]].name;
+                let name = &self.peers[p].name;
                 return Err(CallError::Unreachable(format!(
                     "{name} is down; the session reopens when it is back"
                 )));
@@ -1061,12 +1068,13 @@ impl Node {
         context: u32,
         count: u64,
     ) -> Result<(), NodeError> {
-        if let Some(&p) = self.clients.get(&session) {
-            self.wake(p);
-        }
         let retransmit = self.config.signal_retransmit;
         let limit = self.config.max_contexts_per_session;
-        let Some(client) = self.client_mut(session) else {
+        let Some(&p) = self.clients.get(&session) else {
+            return Err(NodeError::Unknown("session"));
+        };
+        self.wake(p);
+        let Some(client) = self.peers[p].clients.get_mut(&session) else {
             return Err(NodeError::Unknown("session"));
         };
         let ClientEngine::Signal(senders) = &mut client.engine else {
@@ -1657,7 +1665,7 @@ impl Node {
     ///
     /// Only peers that may have work are asked (see `ready`), in turn; a
     /// peer that twice in a row had nothing sleeps until its next timer
-    /// or 10 ms, whichever is sooner, unless something wakes
+    /// or 100 ms, whichever is sooner, unless something wakes
     /// it first. A `now` earlier than the last one wakes every peer, so a
     /// clock that steps back costs a pass, never a frame.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Endpoint, usize)> {
@@ -1729,6 +1737,11 @@ impl Node {
         let peer = &mut self.peers[p];
         if peer.alarm.is_none_or(|alarm| alarm > at) {
             peer.alarm = Some(at);
+            if self.sleeping.len() >= ALARMS_PER_PEER * self.peers.len() {
+                let peers = &self.peers;
+                self.sleeping
+                    .retain(|&Reverse((at, p))| peers[p].alarm == Some(at));
+            }
             self.sleeping.push(Reverse((at, p)));
         }
     }
@@ -1901,7 +1914,7 @@ impl Node {
     /// A contract, not a hint: a peer with nothing to send is not looked
     /// at again before its own share of this time, unless something wakes
     /// it (housekeeping that sends nothing and raises no event excepted,
-    /// which runs within 10 ms), so every timer that can produce a frame
+    /// which runs within 100 ms), so every timer that can produce a frame
     /// or an event must be counted here, never late.
     pub fn poll_timeout(&self) -> Instant {
         let probe_after = self.config.rom.announce_interval * 4;
@@ -1988,5 +2001,45 @@ fn call_done(
 fn rom_events(events: &mut VecDeque<NodeEvent>, session: SessionId, receiver: &mut RomReceiver) {
     while let Some(version) = receiver.poll_event() {
         events.push_back(NodeEvent::RomChanged { session, version });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alarm_heap_stays_within_its_reserved_room_and_keeps_the_earliest_alarm() {
+        let mut node = Node::new(NodeConfig::new(1472)).unwrap();
+        for k in 0..3u8 {
+            let at = Endpoint {
+                ip: Ipv4Addr::new(198, 18, 9, k + 1),
+                ..Endpoint::ethernet(EthernetAddress::default())
+            };
+            node.add_peer(Instant::ZERO, &format!("p{k}"), at).unwrap();
+        }
+        let room = node.sleeping.capacity();
+        assert!(room >= ALARMS_PER_PEER * 3, "{room}");
+        // Ever earlier wake times: each adds an entry and leaves the one
+        // before stale.
+        for step in 0..1000u64 {
+            for p in 0..3 {
+                let at = Instant::from_nanos(1_000_000_000 - step * 1000 - p as u64);
+                node.set_alarm(p, at);
+                assert_eq!(node.peers[p].alarm, Some(at));
+            }
+            assert!(node.sleeping.len() <= ALARMS_PER_PEER * 3);
+        }
+        assert_eq!(node.sleeping.capacity(), room, "the heap grew");
+        // The live alarms are all there, earliest first.
+        let Reverse((first, _)) = *node.sleeping.peek().unwrap();
+        assert_eq!(Some(first), node.peers[2].alarm);
+        for p in 0..3 {
+            let alarm = node.peers[p].alarm.unwrap();
+            assert!(node
+                .sleeping
+                .iter()
+                .any(|&Reverse(entry)| entry == (alarm, p)));
+        }
     }
 }

@@ -2,11 +2,13 @@
 //! and every buffer the transport needs, all allocated once in
 //! [`UdpTransport::bind`]:
 //!
-//! * RX: `batch` buffers of `max_frame_len` bytes that one `recvmmsg` call
-//!   fills per [`Transport::recv`];
+//! * RX: `batch` buffers of `max_frame_len` bytes (and one byte more, so
+//!   that a single `recvfrom` sees a datagram that is too long) that one
+//!   `recvmmsg` call, or one `recvfrom` into the first, fills per
+//!   [`Transport::recv`];
 //! * TX: a pool of `batch` slots of `max_frame_len` bytes, handed out by
 //!   [`Transport::send`] and sent oldest first by [`Transport::flush`] with
-//!   `sendmmsg`.
+//!   `sendmmsg`, or `sendto` when one frame waits.
 //!
 //! One datagram at a time costs less with the plain calls: an idle socket
 //! is polled with one `recvfrom` (a `recvmmsg` also sets up a header per
@@ -287,17 +289,12 @@ impl Transport for UdpTransport {
     /// keeps the rest queued and is returned.
     fn flush(&mut self, _now: Instant) -> Result<(), TransportError> {
         while self.tx_queued > 0 {
-            let call = if self.tx_queued == 1 {
-                "sendto"
-            } else {
-                "sendmmsg"
-            };
-            let result = if self.tx_queued == 1 {
-                self.send_one()
+            let (call, result) = if self.tx_queued == 1 {
+                ("sendto", self.send_one())
             } else if self.tx_queued <= SMALL_BATCH {
-                self.send_batch::<SMALL_BATCH>()
+                ("sendmmsg", self.send_batch::<SMALL_BATCH>())
             } else {
-                self.send_batch::<MAX_BATCH>()
+                ("sendmmsg", self.send_batch::<MAX_BATCH>())
             };
             match result {
                 Ok(0) => {
@@ -349,18 +346,12 @@ impl UdpTransport {
             self.stats.dropped_truncated += 1;
             return Ok((0, true));
         }
-        let payload = &buffer[..len];
-        match sender {
-            SocketAddr::V4(sender) if RelayPacket::new_datagram(payload).is_ok() => {
-                deliver(endpoint(SockaddrIn::from(sender)), payload);
-                self.stats.received += 1;
-                Ok((1, true))
-            }
-            _ => {
-                self.stats.dropped_malformed += 1;
-                Ok((0, true))
-            }
-        }
+        let sender = match sender {
+            SocketAddr::V4(sender) => Some(SockaddrIn::from(sender)),
+            SocketAddr::V6(_) => None,
+        };
+        let delivered = take(&mut self.stats, sender, &buffer[..len], deliver);
+        Ok((usize::from(delivered), true))
     }
 
     /// One `recvmmsg` of up to `want` (at most `N`) datagrams; delivers
@@ -400,15 +391,8 @@ impl UdpTransport {
             }
             // The iterator ends early on an empty payload.
             let payload = message.iovs().next().unwrap_or_default();
-            match message.address {
-                Some(sender) if RelayPacket::new_datagram(payload).is_ok() => {
-                    deliver(endpoint(sender), payload);
-                    delivered += 1;
-                }
-                _ => self.stats.dropped_malformed += 1,
-            }
+            delivered += usize::from(take(&mut self.stats, message.address, payload, deliver));
         }
-        self.stats.received += delivered as u64;
         Ok((delivered, datagrams))
     }
 
@@ -452,6 +436,28 @@ impl UdpTransport {
             MsgFlags::empty(),
         )
         .map(|results| results.count())
+    }
+}
+
+/// Delivers a datagram from `sender` if it is exactly one relay frame from
+/// an IPv4 address (counted as received), else counts a malformed drop;
+/// returns whether it was delivered.
+fn take(
+    stats: &mut UdpStats,
+    sender: Option<SockaddrIn>,
+    payload: &[u8],
+    deliver: &mut Deliver<'_>,
+) -> bool {
+    match sender {
+        Some(sender) if RelayPacket::new_datagram(payload).is_ok() => {
+            deliver(endpoint(sender), payload);
+            stats.received += 1;
+            true
+        }
+        _ => {
+            stats.dropped_malformed += 1;
+            false
+        }
     }
 }
 
