@@ -1147,6 +1147,21 @@ fn kind_of(bytes: &[u8]) -> xrelay_datapath::wire::Kind {
     frame.message.kind()
 }
 
+/// Two nodes driven by hand (no network) at virtual time `now`: `a` at
+/// host 1 with an RPC session (still opening) on `b` at host 2, which
+/// exports the echo dispatcher.
+fn echo_pair(now: Instant) -> (Node, Node, SessionId) {
+    let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
+    let mut a = Node::new(config(1)).unwrap();
+    let mut b = Node::new(config(2)).unwrap();
+    let peer = a.add_peer(now, "b", b_at).unwrap();
+    b.add_peer(now, "a", a_at).unwrap();
+    let executions = Arc::default();
+    b.export_rpc("echo", Box::new(Echo { executions })).unwrap();
+    let session = a.open(now, peer, Service::Rpc, "echo").unwrap();
+    (a, b, session)
+}
+
 #[test]
 fn an_idle_node_wakes_at_once_for_new_work_and_in_time_for_its_timers() {
     // Two nodes handing frames across by hand, in virtual time: an idle
@@ -1154,14 +1169,8 @@ fn an_idle_node_wakes_at_once_for_new_work_and_in_time_for_its_timers() {
     // `Node::poll_transmit`), which must never hold back what is due.
     use xrelay_datapath::wire::Kind;
     let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
-    let mut a = Node::new(config(1)).unwrap();
-    let mut b = Node::new(config(2)).unwrap();
     let mut now = Instant::from_nanos(1_000_000);
-    let peer = a.add_peer(now, "b", b_at).unwrap();
-    b.add_peer(now, "a", a_at).unwrap();
-    let executions = Arc::default();
-    b.export_rpc("echo", Box::new(Echo { executions })).unwrap();
-    let session = a.open(now, peer, Service::Rpc, "echo").unwrap();
+    let (mut a, mut b, session) = echo_pair(now);
     let mut buf = vec![0u8; 1472];
     let carry = |from: &mut Node, at, to: &mut Node, now, buf: &mut [u8]| {
         let mut kinds = Vec::new();
@@ -1313,11 +1322,8 @@ fn a_node_with_many_peers_keeps_every_timer_while_one_peer_is_busy() {
     use xrelay_datapath::wire::encap::Endpoint;
     use xrelay_datapath::wire::Kind;
     let (a_at, b_at) = (host_endpoint(1), host_endpoint(2));
-    let mut a = Node::new(config(1)).unwrap();
-    let mut b = Node::new(config(2)).unwrap();
     let mut now = Instant::from_nanos(1_000_000);
-    let peer = a.add_peer(now, "b", b_at).unwrap();
-    b.add_peer(now, "a", a_at).unwrap();
+    let (mut a, mut b, session) = echo_pair(now);
     let idle: Vec<Endpoint> = (0..40)
         .map(|k| Endpoint {
             ip: Ipv4Addr::new(198, 19, 0, k + 1),
@@ -1327,9 +1333,6 @@ fn a_node_with_many_peers_keeps_every_timer_while_one_peer_is_busy() {
     for (k, at) in idle.iter().enumerate() {
         a.add_peer(now, &format!("idle{k}"), *at).unwrap();
     }
-    let executions = Arc::default();
-    b.export_rpc("echo", Box::new(Echo { executions })).unwrap();
-    let session = a.open(now, peer, Service::Rpc, "echo").unwrap();
     let mut buf = vec![0u8; 1472];
     // Heartbeat times per destination.
     let mut heartbeats: HashMap<[u8; 4], Vec<Instant>> = HashMap::new();

@@ -416,11 +416,10 @@ struct Peer {
     next_sweep: Instant,
     client_turn: SessionId,
     served_first: bool,
-    /// In the node's queue of peers that may have something to send.
-    ready: bool,
     /// Its last pass found nothing, and nothing came in since.
     idle_pass: bool,
-    /// When it wakes, while it sleeps (out of the ready queue).
+    /// When it wakes, while it sleeps; `None` while it is in the node's
+    /// queue of peers that may have something to send.
     asleep_until: Option<Instant>,
     /// Its earliest entry in the node's `sleeping` heap (entries at other
     /// times are stale): a peer that goes back to sleep with a later wake
@@ -680,12 +679,11 @@ impl Node {
             next_sweep: Instant::ZERO,
             client_turn: SessionId(0),
             served_first: false,
-            ready: false,
             idle_pass: false,
             asleep_until: None,
             alarm: None,
         });
-        self.wake(p);
+        self.ready.push_back(p);
         Ok(PeerId(p))
     }
 
@@ -1708,7 +1706,6 @@ impl Node {
             let peer = &mut self.peers[p];
             if peer.idle_pass {
                 let at = peer.poll_timeout(probe_after).min(now + ASLEEP_AT_MOST);
-                peer.ready = false;
                 peer.asleep_until = Some(at);
                 self.set_alarm(p, at);
             } else {
@@ -1724,9 +1721,7 @@ impl Node {
     fn wake(&mut self, p: usize) {
         let peer = &mut self.peers[p];
         peer.idle_pass = false;
-        peer.asleep_until = None;
-        if !peer.ready {
-            peer.ready = true;
+        if peer.asleep_until.take().is_some() {
             self.ready.push_back(p);
         }
     }
@@ -2007,6 +2002,30 @@ fn rom_events(events: &mut VecDeque<NodeEvent>, session: SessionId, receiver: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_in_the_ready_queue_once_however_often_it_is_woken() {
+        let mut node = Node::new(NodeConfig::new(1472)).unwrap();
+        for k in 0..2u8 {
+            let at = Endpoint {
+                ip: Ipv4Addr::new(198, 18, 9, k + 1),
+                ..Endpoint::ethernet(EthernetAddress::default())
+            };
+            node.add_peer(Instant::ZERO, &format!("p{k}"), at).unwrap();
+        }
+        let mut buf = vec![0u8; 1472];
+        let now = Instant::from_nanos(1_000);
+        for round in 0..3 {
+            // Heartbeats go out, then two empty passes put both to sleep.
+            while node.poll_transmit(now, &mut buf).is_some() {}
+            assert_eq!(node.poll_transmit(now, &mut buf), None);
+            assert!(node.ready.is_empty(), "round {round}: {:?}", node.ready);
+            for _ in 0..3 {
+                node.wake(1);
+            }
+            assert_eq!(node.ready, [1], "round {round}");
+        }
+    }
 
     #[test]
     fn the_alarm_heap_stays_within_its_reserved_room_and_keeps_the_earliest_alarm() {

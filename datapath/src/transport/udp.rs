@@ -247,9 +247,9 @@ impl Transport for UdpTransport {
             return Ok(0);
         }
         if want == 1 || !self.rx_batching {
-            let delivered = self.recv_one(deliver)?;
-            self.rx_batching = delivered.1 && want > 1;
-            return Ok(delivered.0);
+            let (delivered, came) = self.recv_one(deliver)?;
+            self.rx_batching = came && want > 1;
+            return Ok(delivered);
         }
         let (delivered, datagrams) = if want <= SMALL_BATCH {
             self.recv_batch::<SMALL_BATCH>(want, deliver)?
