@@ -557,7 +557,7 @@ pub struct Node {
     by_ip: FxHashMap<(Ipv4Addr, u16), usize>,
     by_mac: FxHashMap<EthernetAddress, usize>,
     raw_by_mac: FxHashMap<EthernetAddress, usize>,
-    /// The last address [`Node::find_peer`] resolved and its peer: frames
+    /// The last address a received frame came from and its peer: frames
     /// come in runs from one peer, and the answer only changes when a
     /// peer is added.
     last_found: Option<(Endpoint, usize)>,
@@ -637,7 +637,7 @@ impl Node {
     ) -> Result<PeerId, NodeError> {
         // `same_address` is symmetric: a peer matches the new address if
         // the new address finds it.
-        if self.by_name.contains_key(name) || self.look_up_peer(&endpoint).is_some() {
+        if self.by_name.contains_key(name) || self.find_peer(&endpoint).is_some() {
             return Err(NodeError::DuplicatePeer(name.to_owned()));
         }
         let p = self.peers.len();
@@ -759,14 +759,6 @@ impl Node {
     /// IPv4 address and port, or by Ethernet address when either side has
     /// no IPv4 address.
     fn find_peer(&self, from: &Endpoint) -> Option<usize> {
-        match self.last_found {
-            Some((at, p)) if at == *from => Some(p),
-            _ => self.look_up_peer(from),
-        }
-    }
-
-    /// [`Node::find_peer`] without the memory of the last answer.
-    fn look_up_peer(&self, from: &Endpoint) -> Option<usize> {
         if from.ip.is_unspecified() {
             return self.by_mac.get(&from.mac).copied();
         }
@@ -1135,10 +1127,16 @@ impl Node {
     /// no peer of this node is left to the caller: returns `false` and
     /// counts nothing (another queue's node may own that peer).
     pub fn handle_known(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) -> bool {
-        let Some(p) = self.find_peer(&from) else {
-            return false;
+        let p = match self.last_found {
+            Some((at, p)) if at == from => p,
+            _ => {
+                let Some(p) = self.find_peer(&from) else {
+                    return false;
+                };
+                self.last_found = Some((from, p));
+                p
+            }
         };
-        self.last_found = Some((from, p));
         // A frame can give its own peer output, no other.
         self.wake(p);
         self.stats.frames_received += 1;
